@@ -1,0 +1,86 @@
+"""The contract between a method (one paper's recipe) and the training loop.
+
+A method composes data, prompts and rewards; the loop owns sampling, the reward pool, advantages, the
+train step, checkpoints and logging. Methods register by name in `METHODS` so configs select them with
+`config.method = "<name>"`.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import Any, Callable, ClassVar, Mapping, Sequence
+
+import numpy as np
+
+Example = dict[str, Any]
+"""One prompt with its metadata. Always has "prompt" (str); methods add their own fields."""
+
+FeatureFn = Callable[[str, Mapping[str, Any]], dict[str, float]]
+"""Host-side feature extraction: (decoded response, example) -> named floats. Must be a picklable,
+top-level function: the loop runs it in child processes with a timeout."""
+
+
+class Method(abc.ABC):
+    """One alignment recipe. Subclasses are registered with `@register("name")`."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, config: Any):
+        self.config = config
+
+    @abc.abstractmethod
+    def load_data(self) -> tuple[list[Example], list[Example]]:
+        """Returns (train, eval) examples."""
+
+    @abc.abstractmethod
+    def messages(self, example: Example) -> list[dict[str, str]]:
+        """Chat messages (role/content dicts) that prompt the policy for this example."""
+
+    @property
+    @abc.abstractmethod
+    def feature_fn(self) -> FeatureFn:
+        """The picklable host feature function run in the reward pool."""
+
+    @abc.abstractmethod
+    def rewards(
+        self, features: Mapping[str, np.ndarray], examples: Sequence[Example]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Scalar reward per sample plus named components for logging.
+
+        `features[name]` is a float array [n] (NaN where the feature function failed); `examples[i]` is the
+        example sample i answers.
+        """
+
+    @abc.abstractmethod
+    def eval_metrics(
+        self,
+        features: Mapping[str, np.ndarray],
+        examples: Sequence[Example],
+        lengths_n: np.ndarray,
+    ) -> dict[str, float]:
+        """The method's evaluation metrics on greedy responses to the eval split."""
+
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register(name: str):
+    """Class decorator adding a method to `METHODS` under `name`."""
+
+    def wrap(cls: type[Method]) -> type[Method]:
+        if name in METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        cls.name = name
+        METHODS[name] = cls
+        return cls
+
+    return wrap
+
+
+def get_method(name: str) -> type[Method]:
+    """Looks a method up by name, with an error that lists the known ones."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        known = ", ".join(sorted(METHODS)) or "(none registered)"
+        raise ValueError(f"unknown method {name!r}; known methods: {known}") from None
