@@ -1,0 +1,425 @@
+"""Typed, frozen, validated experiment configuration.
+
+Config files (`configs/*.py`) return a locked `ml_collections.ConfigDict`; `from_config_dict` turns it into
+an `ExperimentConfig` made of frozen dataclasses and checks everything that can be checked before any model
+is loaded. Every error says what is wrong and how to fix it.
+
+Sections of the ConfigDict (see `configs/common.py` for defaults):
+  seed, method                          scalars
+  model      spec, param_dtype, dtype, remat
+  mesh       data, fsdp, tensor                      (-1 = the rest of the devices)
+  rollout    prompts_per_step, samples_per_prompt, lengths, sampling, overlong prompts, dynamic sampling
+  algorithm  estimator, advantage{...}, loss{...}, mini_batches, micro_batches, epochs, logprob_chunk_size
+  optim      kwargs of the algorithms' `OptimConfig`
+  train      steps, eval_every, eval_examples
+  checkpoint every, keep, async_save
+  logging    progress, tensorboard, samples_every, report
+  rewards    num_workers, timeout_s
+  <method>   the method's own section, passed through untouched (e.g. `rlev`)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+import ml_collections
+
+KNOWN_DTYPES = ("float32", "bfloat16", "float16")
+OVERLONG_PROMPT_MODES = ("truncate", "drop")
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message says which and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    spec: str
+    param_dtype: str = "float32"
+    dtype: str = "float32"
+    remat: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshSpec:
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def resolved(self, num_devices: int) -> tuple[int, int, int]:
+        """(data, fsdp, tensor) with a -1 entry replaced by the remaining devices."""
+        sizes = [self.data, self.fsdp, self.tensor]
+        known = 1
+        for size in sizes:
+            if size != -1:
+                known *= size
+        if -1 in sizes:
+            if num_devices % known:
+                raise ConfigError(
+                    f"mesh fsdp*tensor (= {known}) does not divide the {num_devices} devices; choose sizes "
+                    f"whose product divides {num_devices}"
+                )
+            sizes[sizes.index(-1)] = num_devices // known
+        return tuple(sizes)  # type: ignore[return-value]
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutSpec:
+    prompts_per_step: int
+    samples_per_prompt: int
+    max_prompt_len: int
+    max_new_tokens: int
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    overlong_prompts: str = "truncate"
+    dynamic_sampling: bool = False
+    dynamic_sampling_tol: float = 1e-6
+    dynamic_sampling_max_tries: int = 3
+    eval_max_new_tokens: int = 0  # 0: same as max_new_tokens
+
+    @property
+    def samples_per_step(self) -> int:
+        return self.prompts_per_step * self.samples_per_prompt
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgorithmSpec:
+    estimator: str
+    advantage: Mapping[str, Any]
+    loss: Mapping[str, Any]
+    mini_batches: int = 1
+    micro_batches: int = 1
+    epochs: int = 1
+    logprob_chunk_size: int = 0  # 0: the whole vocabulary at once
+
+    def advantage_config(self):
+        """The algorithms' `AdvantageConfig` built from the `algorithm.advantage` section."""
+        from jaxalign.algorithms import AdvantageConfig
+
+        return _build_dataclass(AdvantageConfig, self.advantage, "algorithm.advantage")
+
+    def loss_config(self):
+        """The algorithms' `LossConfig` built from the `algorithm.loss` section."""
+        from jaxalign.algorithms import LossConfig
+
+        return _build_dataclass(LossConfig, self.loss, "algorithm.loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimSpec:
+    kwargs: Mapping[str, Any]
+
+    def optim_config(self):
+        """The train state's `OptimConfig` built from the `optim` section."""
+        from jaxalign.train.state import OptimConfig
+
+        return _build_dataclass(OptimConfig, self.kwargs, "optim")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    steps: int
+    eval_every: int = 0  # 0: only at the start and the end
+    eval_examples: int = 0  # 0: the whole eval split
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointSpec:
+    every: int = 0  # 0: only at the end (and on SIGTERM)
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class LoggingSpec:
+    progress: bool = True
+    tensorboard: bool = True
+    samples_every: int = 1
+    samples_per_log: int = 4
+    report: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class RewardSpec:
+    num_workers: int = 2
+    timeout_s: float = 30.0
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """Everything a run needs, typed and frozen. `raw` is the resolved ConfigDict as plain JSON data."""
+
+    seed: int
+    method: str
+    model: ModelSpec
+    mesh: MeshSpec
+    rollout: RolloutSpec
+    algorithm: AlgorithmSpec
+    optim: OptimSpec
+    train: TrainSpec
+    checkpoint: CheckpointSpec
+    logging: LoggingSpec
+    rewards: RewardSpec
+    method_config: ml_collections.FrozenConfigDict
+    raw: Mapping[str, Any]
+
+    def to_json(self) -> str:
+        return json.dumps(self.raw, indent=2, sort_keys=True)
+
+
+_SECTIONS = ("model", "mesh", "rollout", "algorithm", "optim", "train", "checkpoint", "logging", "rewards")
+
+
+def _build_dataclass(cls, kwargs: Mapping[str, Any], where: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(kwargs) - names)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown field(s) {unknown} for {cls.__name__}; valid fields: {sorted(names)}"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+    return cls(**values)
+
+
+def _section(cd: ml_collections.ConfigDict, name: str, cls) -> Any:
+    if name not in cd:
+        raise ConfigError(f"config has no '{name}' section; start from configs/common.py:base_config()")
+    values = cd[name].to_dict() if isinstance(cd[name], ml_collections.ConfigDict) else dict(cd[name])
+    return _build_dataclass(cls, values, name)
+
+
+def from_config_dict(cd: ml_collections.ConfigDict, *, num_devices: int | None = None) -> ExperimentConfig:
+    """Converts and validates a ConfigDict. `num_devices` (default: `jax.device_count()`) checks the mesh."""
+    for key in ("seed", "method"):
+        if key not in cd:
+            raise ConfigError(f"config is missing top-level '{key}'; start from configs/common.py:base_config()")
+    method = str(cd.method)
+    algorithm = cd.algorithm.to_dict()
+    algorithm_spec = AlgorithmSpec(
+        estimator=algorithm.pop("estimator", ""),
+        advantage=_freeze(algorithm.pop("advantage", {})),
+        loss=_freeze(algorithm.pop("loss", {})),
+        **_check_fields(AlgorithmSpec, algorithm, "algorithm"),
+    )
+    method_section = cd.get(method, ml_collections.ConfigDict())
+    config = ExperimentConfig(
+        seed=int(cd.seed),
+        method=method,
+        model=_section(cd, "model", ModelSpec),
+        mesh=_section(cd, "mesh", MeshSpec),
+        rollout=_section(cd, "rollout", RolloutSpec),
+        algorithm=algorithm_spec,
+        optim=OptimSpec(kwargs=_freeze(cd.optim.to_dict())),
+        train=_section(cd, "train", TrainSpec),
+        checkpoint=_section(cd, "checkpoint", CheckpointSpec),
+        logging=_section(cd, "logging", LoggingSpec),
+        rewards=_section(cd, "rewards", RewardSpec),
+        method_config=ml_collections.FrozenConfigDict(method_section),
+        raw=json.loads(cd.to_json_best_effort()),
+    )
+    validate(config, num_devices=num_devices)
+    return config
+
+
+def _check_fields(cls, values: dict, where: str) -> dict:
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields: {sorted(names)}")
+    return values
+
+
+def _freeze(mapping: Mapping[str, Any]) -> Mapping[str, Any]:
+    import types
+
+    return types.MappingProxyType(dict(mapping))
+
+
+def _positive(where: str, value: int | float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{where} must be positive, got {value!r}")
+
+
+def validate(config: ExperimentConfig, *, num_devices: int | None = None) -> None:
+    """Checks sizes, divisibility, names and the mesh against the devices; raises `ConfigError`."""
+    r, a = config.rollout, config.algorithm
+    for name in ("prompts_per_step", "samples_per_prompt", "max_prompt_len", "max_new_tokens"):
+        _positive(f"rollout.{name}", getattr(r, name))
+    for name in ("mini_batches", "micro_batches", "epochs"):
+        _positive(f"algorithm.{name}", getattr(a, name))
+    _positive("train.steps", config.train.steps)
+    _positive("rewards.num_workers", config.rewards.num_workers)
+    _positive("rewards.timeout_s", config.rewards.timeout_s)
+    _positive("checkpoint.keep", config.checkpoint.keep)
+    if r.temperature <= 0:
+        raise ConfigError(f"rollout.temperature must be > 0 (got {r.temperature}); greedy eval is separate")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    if r.top_k < 0:
+        raise ConfigError(f"rollout.top_k must be >= 0 (0 = off), got {r.top_k}")
+    if r.overlong_prompts not in OVERLONG_PROMPT_MODES:
+        raise ConfigError(
+            f"rollout.overlong_prompts={r.overlong_prompts!r}; known modes: {', '.join(OVERLONG_PROMPT_MODES)}"
+        )
+    if r.dynamic_sampling and r.dynamic_sampling_max_tries < 1:
+        raise ConfigError("rollout.dynamic_sampling_max_tries must be >= 1 when dynamic sampling is on")
+    for name in ("eval_every", "eval_examples"):
+        if getattr(config.train, name) < 0:
+            raise ConfigError(f"train.{name} must be >= 0 (0 = default), got {getattr(config.train, name)}")
+    if config.checkpoint.every < 0:
+        raise ConfigError(f"checkpoint.every must be >= 0 (0 = only at the end), got {config.checkpoint.every}")
+    for name in ("param_dtype", "dtype"):
+        if getattr(config.model, name) not in KNOWN_DTYPES:
+            raise ConfigError(f"model.{name}={getattr(config.model, name)!r}; known: {', '.join(KNOWN_DTYPES)}")
+
+    total = r.samples_per_step
+    if total % a.mini_batches:
+        raise ConfigError(
+            f"rollout batch prompts_per_step*samples_per_prompt = {r.prompts_per_step}*{r.samples_per_prompt} "
+            f"= {total} is not divisible by algorithm.mini_batches={a.mini_batches}; change either"
+        )
+    mini = total // a.mini_batches
+    if mini % a.micro_batches:
+        raise ConfigError(
+            f"mini-batch size {mini} (= {total} samples / {a.mini_batches} mini-batches) is not divisible by "
+            f"algorithm.micro_batches={a.micro_batches}; change either"
+        )
+    micro = mini // a.micro_batches
+
+    if num_devices is None:
+        import jax
+
+        num_devices = jax.device_count()
+    for name in ("data", "fsdp", "tensor"):
+        size = getattr(config.mesh, name)
+        if size != -1 and size < 1:
+            raise ConfigError(f"mesh.{name} must be >= 1 or -1 (the rest), got {size}")
+    if [config.mesh.data, config.mesh.fsdp, config.mesh.tensor].count(-1) > 1:
+        raise ConfigError("at most one mesh axis may be -1 (the rest of the devices)")
+    data, fsdp, tensor = config.mesh.resolved(num_devices)
+    if data * fsdp * tensor > num_devices:
+        raise ConfigError(
+            f"mesh data*fsdp*tensor = {data}*{fsdp}*{tensor} = {data * fsdp * tensor} is larger than the "
+            f"{num_devices} available devices; shrink the mesh or set one axis to -1"
+        )
+    if data * fsdp * tensor != num_devices:
+        raise ConfigError(
+            f"mesh data*fsdp*tensor = {data * fsdp * tensor} does not use all {num_devices} devices; set one "
+            "axis to -1 to take the rest"
+        )
+    batch_parallel = data * fsdp
+    if micro % batch_parallel:
+        raise ConfigError(
+            f"micro-batch size {micro} (= {total} samples / {a.mini_batches} mini / {a.micro_batches} micro) is "
+            f"not divisible by the mesh's batch-parallel size data*fsdp = {batch_parallel}; raise "
+            "prompts_per_step or samples_per_prompt, or lower mini/micro-batches"
+        )
+    if total % batch_parallel:
+        raise ConfigError(
+            f"rollout batch {total} is not divisible by the mesh's batch-parallel size data*fsdp = {batch_parallel}"
+        )
+    _validate_names(config)
+
+
+def _validate_names(config: ExperimentConfig) -> None:
+    from jaxalign import methods as _methods  # noqa: F401  (registers the built-in methods)
+    from jaxalign.train import toy_task as _toy_task  # noqa: F401  (registers "toy_token")
+    from jaxalign.methods.base import get_method
+
+    try:
+        get_method(config.method)
+    except ValueError as e:
+        raise ConfigError(f"config.method: {e}") from None
+    try:
+        from jaxalign.algorithms import ESTIMATORS
+    except ImportError:  # the algorithms package is optional for configuration-only use
+        return
+    if config.algorithm.estimator not in ESTIMATORS:
+        raise ConfigError(
+            f"algorithm.estimator={config.algorithm.estimator!r} is unknown; known estimators: "
+            f"{', '.join(sorted(ESTIMATORS))}"
+        )
+    config.algorithm.advantage_config()
+    config.algorithm.loss_config()
+    config.optim.optim_config()
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Loads `path/to/config.py[:arg]` by calling its `get_config(arg)`; returns a locked ConfigDict."""
+    import importlib.util
+    import pathlib
+
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise ConfigError(f"config file {path!r} does not exist; pass --config=configs/<name>.py[:arg]")
+    import sys
+
+    module_spec = importlib.util.spec_from_file_location(f"_jaxalign_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    # Config files import their shared presets (`import common`) from their own directory.
+    sys.path.insert(0, str(file.resolve().parent))
+    try:
+        module_spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(file.resolve().parent))
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path!r} has no get_config(arg=None) function")
+    cd = module.get_config(arg or None)
+    if not isinstance(cd, ml_collections.ConfigDict):
+        raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict, got {type(cd).__name__}")
+    cd.lock()
+    return cd
+
+
+def _parse_value(text: str, current: Any, key: str) -> Any:
+    import ast
+
+    if isinstance(current, bool):
+        lowered = text.lower()
+        if lowered in ("true", "1", "yes"):
+            return True
+        if lowered in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--config.{key}={text!r}: expected a boolean (true/false)")
+    if isinstance(current, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ConfigError(f"--config.{key}={text!r}: expected an integer") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"--config.{key}={text!r}: expected a number") from None
+    if isinstance(current, str):
+        return text
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(cd: ml_collections.ConfigDict, overrides: Mapping[str, str]) -> ml_collections.ConfigDict:
+    """Applies `{"a.b": "value"}` overrides, typed by the existing field; an unknown key is an error."""
+    for key, text in overrides.items():
+        node = cd
+        parts = key.split(".")
+        for depth, part in enumerate(parts):
+            if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+                where = ".".join(parts[:depth]) or "<top level>"
+                known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else ""
+                raise ConfigError(
+                    f"unknown config key --config.{key}: {where!s} has no field {part!r}"
+                    + (f"; fields there: {known}" if known else "")
+                )
+            if depth < len(parts) - 1:
+                node = node[part]
+        last = parts[-1]
+        value = _parse_value(text, node[last], key)
+        with node.ignore_type():
+            node[last] = value
+    return cd
