@@ -1,0 +1,1 @@
+"""Host-side rewards: a child-process pool, rule-based verifiers and model judges."""
