@@ -4,23 +4,67 @@
 their setup needs. `estimator_preset(name)` gives the algorithm section of a named RL estimator.
 """
 
+import dataclasses
+
 import ml_collections
 
 ESTIMATOR_PRESETS = {
-    # REINFORCE++: per-token KL folded into the return, advantages whitened over the whole batch.
-    "reinforce_pp": dict(estimator="reinforce_pp", advantage=dict(), loss=dict()),
+    # REINFORCE++: per-token KL (k1, beta 0.01) folded into the return, advantages whitened over the batch.
+    "reinforce_pp": dict(
+        estimator="reinforce_pp",
+        advantage=dict(kl_coef=0.01, kl_estimator="k1", whiten=True),
+        loss=dict(policy_loss="ppo_clip", clip_low=0.2, clip_high=0.2, kl_in="reward", aggregation="token_mean"),
+    ),
     # RLOO: leave-one-out baseline within each prompt's group.
-    "rloo": dict(estimator="rloo", advantage=dict(), loss=dict()),
-    # GRPO without division by the group std (Dr.GRPO style), so RLEV's per-prompt scale survives.
-    "grpo": dict(estimator="grpo", advantage=dict(), loss=dict()),
+    "rloo": dict(
+        estimator="rloo",
+        advantage=dict(kl_coef=0.0),
+        loss=dict(policy_loss="ppo_clip", kl_in="loss", kl_coef=0.01, kl_estimator="k3", aggregation="token_mean"),
+    ),
+    # GRPO without division by the group std (Dr.GRPO style): a group-std division would cancel a reward
+    # scale that is constant within a prompt's group (RLEV's s(x)).
+    "grpo": dict(
+        estimator="grpo",
+        advantage=dict(std_normalization="none"),
+        loss=dict(policy_loss="ppo_clip", kl_in="loss", kl_coef=0.01, kl_estimator="k3",
+                  aggregation="seq_mean_token_mean"),
+    ),
+    # The same three without any KL term: no reference forward pass (for small CPU runs).
+    "reinforce_pp_nokl": dict(
+        estimator="reinforce_pp",
+        advantage=dict(kl_coef=0.0, whiten=True),
+        loss=dict(policy_loss="ppo_clip", kl_in="none", aggregation="token_mean"),
+    ),
+    "rloo_nokl": dict(estimator="rloo", advantage=dict(), loss=dict(kl_in="none", aggregation="token_mean")),
+    "grpo_nokl": dict(
+        estimator="grpo", advantage=dict(std_normalization="none"), loss=dict(kl_in="none")
+    ),
 }
 
 
+def _defaults(cls, drop: tuple[str, ...]) -> dict:
+    return {f.name: f.default for f in dataclasses.fields(cls) if f.name not in drop}
+
+
 def estimator_preset(name: str) -> ml_collections.ConfigDict:
-    """The `algorithm.estimator/advantage/loss` fields of a named estimator preset."""
+    """The `algorithm.estimator/advantage/loss` fields of a named estimator preset.
+
+    The advantage and loss sections list every field of the algorithms' AdvantageConfig / LossConfig (the
+    preset's values over the defaults), so any of them can be overridden from the command line.
+    """
+    from jaxalign.algorithms.advantages import AdvantageConfig
+    from jaxalign.algorithms.losses import LossConfig
+
     if name not in ESTIMATOR_PRESETS:
         raise ValueError(f"unknown estimator preset {name!r}; known: {', '.join(ESTIMATOR_PRESETS)}")
-    return ml_collections.ConfigDict(ESTIMATOR_PRESETS[name])
+    preset = ESTIMATOR_PRESETS[name]
+    return ml_collections.ConfigDict(
+        dict(
+            estimator=preset["estimator"],
+            advantage={**_defaults(AdvantageConfig, ("estimator",)), **preset["advantage"]},
+            loss={**_defaults(LossConfig, ("temperature",)), **preset["loss"]},
+        )
+    )
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -48,8 +92,9 @@ def base_config() -> ml_collections.ConfigDict:
         )
     )
     c.algorithm = ml_collections.ConfigDict(
-        dict(mini_batches=1, micro_batches=1, epochs=1, logprob_chunk_size=0, **ESTIMATOR_PRESETS["grpo"])
+        dict(mini_batches=1, micro_batches=1, epochs=1, recompute_old_logprobs=True)
     )
+    set_estimator(c, "grpo")
     c.optim = ml_collections.ConfigDict(dict(learning_rate=1e-6))
     c.train = ml_collections.ConfigDict(dict(steps=10, eval_every=0, eval_examples=0))
     c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=3, async_save=True))
@@ -63,9 +108,10 @@ def base_config() -> ml_collections.ConfigDict:
 def set_estimator(c: ml_collections.ConfigDict, name: str) -> None:
     """Replaces the estimator and its advantage/loss sections with the named preset."""
     preset = estimator_preset(name)
-    c.algorithm.estimator = preset.estimator
-    c.algorithm.advantage = preset.advantage
-    c.algorithm.loss = preset.loss
+    with c.algorithm.ignore_type():
+        c.algorithm.estimator = preset.estimator
+        c.algorithm.advantage = preset.advantage
+        c.algorithm.loss = preset.loss
 
 
 def rlev_section(reward: str = "human_aligned", dataset: str = "embedded") -> ml_collections.ConfigDict:

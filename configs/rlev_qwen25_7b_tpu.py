@@ -32,7 +32,7 @@ def get_config(arg=None):
     c.rollout.overlong_prompts = "drop"
     c.algorithm.mini_batches = 4
     c.algorithm.micro_batches = 4
-    c.algorithm.logprob_chunk_size = 1024
+    c.algorithm.loss.logprob_chunk_size = 256
     c.optim.learning_rate = 5e-7
 
     c.train.steps = 780  # one epoch over 100k prompts at 128 prompts per step

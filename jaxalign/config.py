@@ -93,19 +93,30 @@ class AlgorithmSpec:
     mini_batches: int = 1
     micro_batches: int = 1
     epochs: int = 1
-    logprob_chunk_size: int = 0  # 0: the whole vocabulary at once
+    # With one mini-batch and one epoch the policy that sampled is the one being trained, so the sampler's
+    # log-probs (same definition as the trainer's) can stand in for a recomputed old-policy pass.
+    recompute_old_logprobs: bool = True
 
     def advantage_config(self):
-        """The algorithms' `AdvantageConfig` built from the `algorithm.advantage` section."""
-        from jaxalign.algorithms import AdvantageConfig
+        """The algorithms' `AdvantageConfig`: `algorithm.advantage` plus the estimator name."""
+        from jaxalign.algorithms.advantages import AdvantageConfig
 
-        return _build_dataclass(AdvantageConfig, self.advantage, "algorithm.advantage")
+        return _build_dataclass(
+            AdvantageConfig, {**self.advantage, "estimator": self.estimator}, "algorithm.advantage"
+        )
 
-    def loss_config(self):
-        """The algorithms' `LossConfig` built from the `algorithm.loss` section."""
-        from jaxalign.algorithms import LossConfig
+    def loss_config(self, temperature: float):
+        """The algorithms' `LossConfig` from `algorithm.loss`, at the rollout's sampling temperature."""
+        from jaxalign.algorithms.losses import LossConfig
 
-        return _build_dataclass(LossConfig, self.loss, "algorithm.loss")
+        return _build_dataclass(LossConfig, {**self.loss, "temperature": temperature}, "algorithm.loss")
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether any KL term (in the reward or in the loss) needs the reference policy's log-probs."""
+        return float(self.advantage.get("kl_coef", 0.0)) > 0 or (
+            self.loss.get("kl_in", "none") == "loss" and float(self.loss.get("kl_coef", 0.0)) > 0
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -181,7 +192,10 @@ def _build_dataclass(cls, kwargs: Mapping[str, Any], where: str):
             f"{where}: unknown field(s) {unknown} for {cls.__name__}; valid fields: {sorted(names)}"
         )
     values = {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
-    return cls(**values)
+    try:
+        return cls(**values)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"{where}: {e}") from None
 
 
 def _section(cd: ml_collections.ConfigDict, name: str, cls) -> Any:
@@ -251,7 +265,8 @@ def validate(config: ExperimentConfig, *, num_devices: int | None = None) -> Non
     for name in ("mini_batches", "micro_batches", "epochs"):
         _positive(f"algorithm.{name}", getattr(a, name))
     _positive("train.steps", config.train.steps)
-    _positive("rewards.num_workers", config.rewards.num_workers)
+    if config.rewards.num_workers < 0:
+        raise ConfigError(f"rewards.num_workers must be >= 0 (0 = in this process), got {config.rewards.num_workers}")
     _positive("rewards.timeout_s", config.rewards.timeout_s)
     _positive("checkpoint.keep", config.checkpoint.keep)
     if r.temperature <= 0:
@@ -333,17 +348,28 @@ def _validate_names(config: ExperimentConfig) -> None:
         get_method(config.method)
     except ValueError as e:
         raise ConfigError(f"config.method: {e}") from None
-    try:
-        from jaxalign.algorithms import ESTIMATORS
-    except ImportError:  # the algorithms package is optional for configuration-only use
-        return
+    from jaxalign.algorithms.advantages import ESTIMATORS
+
     if config.algorithm.estimator not in ESTIMATORS:
         raise ConfigError(
             f"algorithm.estimator={config.algorithm.estimator!r} is unknown; known estimators: "
             f"{', '.join(sorted(ESTIMATORS))}"
         )
+    if "temperature" in config.algorithm.loss:
+        raise ConfigError("algorithm.loss.temperature is taken from rollout.temperature; remove it")
     config.algorithm.advantage_config()
-    config.algorithm.loss_config()
+    config.algorithm.loss_config(config.rollout.temperature)
+    if config.algorithm.estimator == "gae":
+        raise ConfigError("algorithm.estimator='gae' needs a critic, which the loop does not train yet; "
+                          "use grpo, dr_grpo, rloo, reinforce_pp or reinforce_pp_baseline")
+    if not config.algorithm.recompute_old_logprobs and (config.algorithm.mini_batches > 1 or
+                                                         config.algorithm.epochs > 1):
+        raise ConfigError("algorithm.recompute_old_logprobs=False is exact only with one mini-batch and one "
+                          "epoch per step; set it True or use mini_batches=1, epochs=1")
+    try:
+        import jaxalign.train.state  # noqa: F401
+    except ImportError:  # the train state lands separately; the optimizer section is checked when it exists
+        return
     config.optim.optim_config()
 
 

@@ -1,0 +1,230 @@
+"""Run observability: per-phase timers, throughput/MFU, metrics.jsonl + TensorBoard, samples.jsonl, a tqdm
+progress bar with live reward/KL/throughput, and the end-of-run PNG report with a before/after eval table.
+
+Only process 0 writes files; every process may time phases.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import pathlib
+import time
+from typing import Any, Iterable, Mapping
+
+# bf16 dense peak FLOP/s per device, for MFU. Unknown devices (e.g. CPU) report no MFU.
+PEAK_FLOPS = {
+    "H100": 989e12,
+    "H200": 989e12,
+    "A100": 312e12,
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+}
+
+
+def peak_flops_per_device(device_kind: str) -> float | None:
+    """Peak bf16 FLOP/s of a device kind string such as 'NVIDIA H100 80GB HBM3' or 'TPU v5p'."""
+    for name, flops in PEAK_FLOPS.items():
+        if name.lower() in device_kind.lower():
+            return flops
+    return None
+
+
+class PhaseTimer:
+    """Wall-clock seconds per named phase within one step: `with timer("generate"): ...`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, phase: str):
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] = self.seconds.get(phase, 0.0) + time.perf_counter() - start
+
+    def add(self, phase: str, seconds: float) -> None:
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + seconds
+
+    def metrics(self) -> dict[str, float]:
+        out = {f"time/{k}_s": v for k, v in self.seconds.items()}
+        out["time/step_s"] = sum(self.seconds.values())
+        return out
+
+
+def throughput_metrics(
+    *, tokens: int, step_seconds: float, num_devices: int, train_flops: float, device_kind: str
+) -> dict[str, float]:
+    """tokens/s, tokens/s/device (= tokens / (step time x devices)) and MFU of the whole step.
+
+    `train_flops` counts the FLOPs the step spends in model passes (6N per trained token, 2N per token of
+    each forward-only pass); MFU divides it by step time x devices x peak.
+    """
+    per_s = tokens / max(step_seconds, 1e-9)
+    out = {"perf/tokens_per_s": per_s, "perf/tokens_per_s_per_device": per_s / num_devices}
+    peak = peak_flops_per_device(device_kind)
+    if peak is not None:
+        out["perf/mfu"] = train_flops / (max(step_seconds, 1e-9) * num_devices * peak)
+    return out
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+class MetricsWriter:
+    """Appends per-step metrics to `metrics.jsonl` (+ TensorBoard) and samples to `samples.jsonl`."""
+
+    def __init__(self, workdir: str | pathlib.Path, *, tensorboard: bool = True, enabled: bool = True):
+        self.workdir = pathlib.Path(workdir)
+        self.enabled = enabled
+        self._tb = None
+        if enabled:
+            self.workdir.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(str(self.workdir / "tensorboard"))
+
+    def write(self, step: int, metrics: Mapping[str, Any], *, kind: str = "train") -> None:
+        if not self.enabled:
+            return
+        record = {"step": step, "kind": kind, **{k: _jsonable(v) for k, v in metrics.items()}}
+        with open(self.workdir / "metrics.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in metrics.items():
+                if _is_number(value) and math.isfinite(value):
+                    self._tb.add_scalar(f"{kind}/{key}" if kind != "train" else key, value, step)
+            self._tb.flush()
+
+    def write_samples(self, step: int, samples: Iterable[Mapping[str, Any]]) -> None:
+        if not self.enabled:
+            return
+        with open(self.workdir / "samples.jsonl", "a") as f:
+            for sample in samples:
+                f.write(json.dumps({"step": step, **{k: _jsonable(v) for k, v in sample.items()}}) + "\n")
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item") and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+    """All records of `metrics.jsonl`; records of steps after a resume point replace earlier duplicates."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    latest: dict[tuple[str, int], dict] = {}
+    for line in path.read_text().splitlines():
+        if line.strip():
+            record = json.loads(line)
+            latest[(record["kind"], record["step"])] = record
+    return sorted(latest.values(), key=lambda r: (r["step"], r["kind"]))
+
+
+def truncate_metrics(workdir: str | pathlib.Path, after_step: int) -> None:
+    """Drops train records past `after_step` (written after the checkpoint we resume from)."""
+    path = pathlib.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return
+    kept = [
+        line for line in path.read_text().splitlines()
+        if line.strip() and not (json.loads(line)["kind"] == "train" and json.loads(line)["step"] > after_step)
+    ]
+    path.write_text("".join(line + "\n" for line in kept))
+
+
+class Progress:
+    """tqdm bar over training steps showing reward, KL and tokens/s; silent when disabled."""
+
+    def __init__(self, total: int, initial: int, enabled: bool):
+        self._bar = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc="train", unit="step", dynamic_ncols=True)
+
+    def update(self, metrics: Mapping[str, Any]) -> None:
+        if self._bar is None:
+            return
+        shown = {}
+        for key, label in (("reward/mean", "reward"), ("loss/kl", "kl"), ("perf/tokens_per_s", "tok/s")):
+            if key in metrics and _is_number(metrics[key]):
+                shown[label] = f"{metrics[key]:.3g}"
+        self._bar.set_postfix(shown)
+        self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def eval_table(before: Mapping[str, float], after: Mapping[str, float]) -> str:
+    """A plain-text before/after table of eval metrics."""
+    keys = sorted(set(before) | set(after))
+    width = max([len(k) for k in keys] + [6])
+    lines = [f"{'metric':<{width}}  {'before':>10}  {'after':>10}  {'change':>10}"]
+    for key in keys:
+        b, a = before.get(key, float("nan")), after.get(key, float("nan"))
+        lines.append(f"{key:<{width}}  {b:>10.4f}  {a:>10.4f}  {a - b:>+10.4f}")
+    return "\n".join(lines)
+
+
+REPORT_CURVES = ("reward/mean", "loss/kl", "loss/policy", "response/length_mean", "perf/tokens_per_s", "rollout/failed")
+
+
+def write_report(workdir: str | pathlib.Path, title: str = "") -> pathlib.Path | None:
+    """Draws reward and key metric curves plus the eval table into `<workdir>/report.png`."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = read_metrics(workdir)
+    train = [r for r in records if r["kind"] == "train"]
+    evals = [r for r in records if r["kind"] == "eval"]
+    if not train:
+        return None
+    curves = [k for k in REPORT_CURVES if any(_is_number(r.get(k)) for r in train)]
+    panels = len(curves) + (1 if len(evals) >= 2 else 0)
+    cols = min(3, max(panels, 1))
+    rows = math.ceil(max(panels, 1) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
+    flat = list(axes.flat)
+    for ax, key in zip(flat, curves):
+        points = [(r["step"], r[key]) for r in train if _is_number(r.get(key))]
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", markersize=3)
+        ax.set_title(key)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    if len(evals) >= 2:
+        ax = flat[len(curves)]
+        ax.axis("off")
+        before = {k: v for k, v in evals[0].items() if _is_number(v) and k != "step"}
+        after = {k: v for k, v in evals[-1].items() if _is_number(v) and k != "step"}
+        ax.set_title(f"eval: step {evals[0]['step']} -> {evals[-1]['step']}")
+        ax.text(0, 1, eval_table(before, after), family="monospace", fontsize=8, va="top")
+    for ax in flat[panels:]:
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    out = pathlib.Path(workdir) / "report.png"
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out

@@ -1,0 +1,74 @@
+"""Config system: typed conversion, overrides, and a clear error for each kind of bad input."""
+
+import pytest
+
+from jaxalign.config import ConfigError, apply_overrides, from_config_dict, load_config_file
+
+TINY = "configs/tiny_test.py"
+
+
+def _load(**overrides):
+    cd = load_config_file(TINY)
+    return apply_overrides(cd, {k: str(v) for k, v in overrides.items()})
+
+
+def test_typed_and_frozen():
+    config = from_config_dict(_load(), num_devices=8)
+    assert config.rollout.samples_per_step == 32 and config.method == "toy_token"
+    assert config.algorithm.advantage_config().estimator == "grpo"
+    assert config.algorithm.loss_config(0.7).temperature == 0.7
+    with pytest.raises(Exception):
+        config.rollout.prompts_per_step = 3  # frozen
+
+
+def test_overrides_are_typed():
+    cd = _load(**{"rollout.max_new_tokens": "12", "algorithm.loss.clip_high": "0.28", "logging.progress": "true"})
+    assert cd.rollout.max_new_tokens == 12 and cd.algorithm.loss.clip_high == 0.28 and cd.logging.progress is True
+    cd = _load(**{"algorithm.loss.dual_clip": "3.0"})  # a None default accepts a literal
+    assert cd.algorithm.loss.dual_clip == 3.0
+
+
+def test_config_arg_selects_variant():
+    assert load_config_file(TINY + ":rloo").algorithm.estimator == "rloo"
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"rollout.learning_rate": "1"}, "rollout has no field 'learning_rate'"),
+        ({"algorithm.lossy.x": "1"}, "no field 'lossy'"),
+        ({"rollout.max_new_tokens": "many"}, "expected an integer"),
+    ],
+)
+def test_unknown_or_mistyped_override_key(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        _load(**overrides)
+
+
+@pytest.mark.parametrize(
+    "overrides, num_devices, fragment",
+    [
+        ({"rollout.prompts_per_step": 3}, 8, "batch-parallel size data\\*fsdp = 8"),
+        ({"algorithm.mini_batches": 5}, 8, "not divisible by algorithm.mini_batches=5"),
+        ({"algorithm.micro_batches": 3}, 8, "not divisible by\nalgorithm.micro_batches|algorithm.micro_batches=3"),
+        ({"algorithm.estimator": "ppo2"}, 8, "known estimators: .*grpo.*rloo"),
+        ({"method": "nope"}, 8, "unknown method 'nope'; known methods: .*toy_token"),
+        ({"mesh.data": 16}, 8, "larger than the 8 available devices"),
+        ({"mesh.data": 2, "mesh.fsdp": 2}, 8, "does not use all 8 devices"),
+        ({"rollout.samples_per_prompt": 0}, 8, "rollout.samples_per_prompt must be positive"),
+        ({"train.steps": -1}, 8, "train.steps must be positive"),
+        ({"rollout.overlong_prompts": "cut"}, 8, "known modes: truncate, drop"),
+        ({"algorithm.loss.aggregation": "mean"}, 8, "algorithm.loss: aggregation must be one of"),
+        ({"algorithm.recompute_old_logprobs": "false", "algorithm.mini_batches": 2}, 8, "exact only with one"),
+        ({"mesh.fsdp": 3}, 8, "does not divide the 8 devices"),
+    ],
+)
+def test_validation_errors_name_the_problem(overrides, num_devices, fragment):
+    cd = _load(**overrides)
+    with pytest.raises(ConfigError, match=fragment):
+        from_config_dict(cd, num_devices=num_devices)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config_file("configs/no_such_config.py")
