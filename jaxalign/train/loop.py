@@ -1,0 +1,472 @@
+"""The host loop: prompts -> samples -> rewards -> advantages -> sharded updates -> weights back to the
+sampler, with eval, checkpoints, metrics and clean stops.
+
+One step, for each agent (single-policy methods have one; nothing here assumes one policy):
+  1. the next prompts of the (seed, epoch)-ordered stream, encoded with the method's chat messages (or the
+     example's own `prompt_ids` for token-level methods), overlong ones truncated or dropped;
+  2. `Sampler.generate` with n samples per prompt and the key fold_in(seed key, step);
+  3. the method's feature function in the `RewardPool` (failed samples: zero loss weight, counted), the
+     method's rewards; with dynamic sampling, groups whose rewards are all equal are dropped and more
+     prompts are sampled (bounded tries), keeping the batch shape fixed;
+  4. old (optional) and reference (when a KL term needs it) log-probs, advantages over the whole batch;
+  5. per epoch and mini-batch: loss weights over the mini-batch, micro-batches stacked on a leading axis,
+     one jitted `train_step`; a non-finite loss stops the run before anything is saved;
+  6. `sampler.update_params` (timed), metrics, samples, checkpoint, SIGTERM check.
+
+Multi-host: when `JAX_COORDINATOR_ADDRESS` or a TPU/SLURM multi-process environment is detected,
+`jax.distributed.initialize()` runs first; every host walks the same prompt order and samples its own
+contiguous share of each step's prompts; training arrays are global arrays built from process-local rows.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+import pathlib
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxalign.config import ExperimentConfig
+from jaxalign.train import batching, metrics as metrics_lib
+from jaxalign.train.checkpoint import Checkpointer, StopSignal, abstract_like
+
+log = logging.getLogger(__name__)
+
+TIMING_PREFIXES = ("time/", "perf/")  # metrics that legitimately differ between identical runs
+PROMPT_BUCKET = 32
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or Inf; the last checkpoint on disk is from before it."""
+
+
+@dataclasses.dataclass
+class Agent:
+    """One trained policy: its train state, frozen reference, sampler view and compiled functions."""
+
+    name: str
+    graphdef: Any
+    state: Any  # TrainState
+    ref_params: Any | None
+    sampler: Any
+    train_step: Callable
+    logprob_fn: Callable
+
+
+@dataclasses.dataclass
+class RunResult:
+    workdir: pathlib.Path
+    final_step: int
+    history: list[dict]
+    eval_before: dict[str, float]
+    eval_after: dict[str, float]
+    stopped_early: bool
+
+
+def maybe_initialize_distributed() -> None:
+    """Calls `jax.distributed.initialize()` when launched as one of several processes."""
+    markers = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
+    multi = any(os.environ.get(m) for m in markers)
+    if os.environ.get("TPU_WORKER_HOSTNAMES", "localhost").count(",") == 0 and not os.environ.get(
+        "JAX_COORDINATOR_ADDRESS"
+    ) and int(os.environ.get("SLURM_NTASKS", "1")) <= 1 and int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) <= 1:
+        multi = False
+    if multi and not jax.distributed.is_initialized():
+        jax.distributed.initialize()
+        log.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
+
+
+def _dtype(name: str):
+    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
+
+
+def _check_vocab(model_cfg, tokenizer) -> None:
+    if tokenizer is not None and tokenizer.vocab_size > model_cfg.vocab_size:
+        raise ValueError(
+            f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding has only "
+            f"{model_cfg.vocab_size} rows: they do not belong together; load the tokenizer saved with this model"
+        )
+
+
+def _make_logprob_fn(graphdef, chunk_size: int, temperature: float):
+    from flax import nnx
+
+    from jaxalign.algorithms.logprobs import sequence_logprobs
+
+    @jax.jit
+    def logprobs(params, tokens_nt, valid_nt):
+        model = nnx.merge(graphdef, params)
+        logp, _ = sequence_logprobs(model, tokens_nt, valid_nt, temperature=temperature, chunk_size=chunk_size)
+        return logp
+
+    return logprobs
+
+
+def build_agent(config: ExperimentConfig, mesh, name: str = "policy") -> tuple[Agent, Any, Any]:
+    """Loads the model, its optimizer, reference and sampler; returns (agent, tokenizer, model config)."""
+    from flax import nnx
+
+    from jaxalign.models import load_model
+    from jaxalign.rollout import Sampler
+    from jaxalign.train.state import init_train_state, make_optimizer
+    from jaxalign.train.step import make_train_step
+
+    model, tokenizer = load_model(
+        config.model.spec, mesh=mesh, role="train",
+        param_dtype=_dtype(config.model.param_dtype), dtype=_dtype(config.model.dtype),
+    )
+    _check_vocab(model.cfg, tokenizer)
+    graphdef, params = nnx.split(model)
+    loss_cfg = config.algorithm.loss_config(config.rollout.temperature)
+    optimizer = make_optimizer(config.optim.optim_config())
+    state = init_train_state(params, optimizer)
+    ref_params = jax.tree.map(jnp.copy, params) if config.algorithm.needs_reference else None
+    sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=config.rollout.max_prompt_len)
+    agent = Agent(
+        name=name, graphdef=graphdef, state=state, ref_params=ref_params, sampler=sampler,
+        train_step=make_train_step(graphdef, optimizer, loss_cfg),
+        logprob_fn=_make_logprob_fn(graphdef, loss_cfg.logprob_chunk_size, config.rollout.temperature),
+    )
+    return agent, tokenizer, model.cfg
+
+
+def _encoder(method, tokenizer) -> Callable[[dict], list[int]]:
+    def encode(example: dict) -> list[int]:
+        if "prompt_ids" in example:
+            return list(example["prompt_ids"])
+        if tokenizer is None:
+            raise ValueError(
+                "this model has no tokenizer, so examples need token-level 'prompt_ids'; load a model with a "
+                "tokenizer (HF directory, .gguf or a named alias) for text prompts"
+            )
+        return tokenizer.apply_chat_template(method.messages(example), add_generation_prompt=True)
+
+    return encode
+
+
+def _texts(rollout, tokenizer) -> list[str]:
+    if tokenizer is not None:
+        return list(rollout.texts)
+    return [
+        " ".join(str(int(t)) for t in ids[mask.astype(bool)])
+        for ids, mask in zip(rollout.response_ids_np, rollout.response_mask_np)
+    ]
+
+
+def score(method, pool, texts: list[str], examples: list[dict]):
+    """Features, rewards (failed samples filled per group later), components and the ok mask."""
+    from jaxalign.rewards.pool import collect_features
+
+    results = pool.map(method.feature_fn, list(zip(texts, examples)))
+    features = collect_features(results)
+    ok_n = np.array([r.ok for r in results], bool)
+    rewards_n, components = method.rewards(features, examples)
+    return features, np.asarray(rewards_n, np.float32), components, ok_n
+
+
+def _sampling_params(config: ExperimentConfig, *, greedy: bool, n: int):
+    from jaxalign.rollout import SamplingParams
+
+    r = config.rollout
+    return SamplingParams(
+        max_new_tokens=(r.eval_max_new_tokens or r.max_new_tokens) if greedy else r.max_new_tokens,
+        temperature=1.0 if greedy else r.temperature, top_k=0 if greedy else r.top_k,
+        top_p=1.0 if greedy else r.top_p, greedy=greedy, n=n,
+    )
+
+
+def evaluate(config, method, agent, tokenizer, pool, eval_examples, encode, counters) -> dict[str, float]:
+    """Greedy responses to the eval split, scored with the method's `eval_metrics`."""
+    examples = eval_examples[: config.train.eval_examples or len(eval_examples)]
+    kept, prompts = [], []
+    for example in examples:
+        ids = batching.fit_prompt(encode(example), config.rollout.max_prompt_len, config.rollout.overlong_prompts,
+                                  counters)
+        if ids is not None:
+            kept.append(example)
+            prompts.append(ids)
+    if not kept:
+        return {}
+    batch = config.rollout.samples_per_step
+    texts, lengths = [], []
+    sp = _sampling_params(config, greedy=True, n=1)
+    for start in range(0, len(prompts), batch):
+        rollout = agent.sampler.generate(prompts[start:start + batch], sp, jax.random.key(0))
+        texts += _texts(rollout, tokenizer)
+        lengths.append(rollout.lengths_n)
+    features, _, _, ok_n = score(method, pool, texts, kept)
+    out = dict(method.eval_metrics(features, kept, np.concatenate(lengths)))
+    out["eval/failed"] = float((~ok_n).sum())
+    return {k if k.startswith("eval/") else f"eval/{k}": float(v) for k, v in out.items()}
+
+
+def _global(array_np: np.ndarray, mesh, batch_axis: int):
+    """A global array from this process's rows, sharded over (data, fsdp) on `batch_axis`."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    spec = [None] * array_np.ndim
+    spec[batch_axis] = ("data", "fsdp")
+    return jax.make_array_from_process_local_data(NamedSharding(mesh, P(*spec)), array_np)
+
+
+def collect_rollouts(config, method, agent, tokenizer, pool, stream, train_examples, encode, counters, key):
+    """Samples one step's groups (with dynamic-sampling refills); returns the rollout dict, examples per
+    sample, rewards, ok mask, components and rollout stats."""
+    r = config.rollout
+    n = r.samples_per_prompt
+    sp = _sampling_params(config, greedy=False, n=n)
+    parts, examples_n, rewards, oks, comps, informative = [], [], [], [], [], []
+    tries = r.dynamic_sampling_max_tries if r.dynamic_sampling else 1
+    for attempt in range(tries):
+        examples, prompt_ids = batching.next_prompts(
+            stream, train_examples, encode, r.prompts_per_step, max_len=r.max_prompt_len,
+            mode=r.overlong_prompts, counters=counters,
+        )
+        rollout = agent.sampler.generate(prompt_ids, sp, jax.random.fold_in(key, attempt))
+        ex_n = [examples[i // n] for i in range(len(examples) * n)]
+        _, rewards_n, components, ok_n = score(method, pool, _texts(rollout, tokenizer), ex_n)
+        rewards_n = batching.fill_failed_rewards(rewards_n, ok_n, n)
+        parts.append(rollout)
+        examples_n += ex_n
+        rewards.append(rewards_n)
+        oks.append(ok_n)
+        comps.append(components)
+        informative.append(batching.informative_groups(rewards_n, n, r.dynamic_sampling_tol))
+        if not r.dynamic_sampling or np.concatenate(informative).sum() >= r.prompts_per_step:
+            break
+    informative_g = np.concatenate(informative)
+    groups = np.flatnonzero(informative_g) if r.dynamic_sampling else np.arange(r.prompts_per_step)
+    if len(groups) < r.prompts_per_step:  # refill with uninformative groups (zero advantage) to keep shapes
+        groups = np.concatenate([groups, np.flatnonzero(~informative_g)])
+    groups = np.sort(groups[: r.prompts_per_step])
+    index_n = (groups[:, None] * n + np.arange(n)[None, :]).reshape(-1)
+    merged = batching.take_samples(batching.concat_rollouts(parts), index_n)
+    rewards_n = np.concatenate(rewards)[index_n]
+    ok_n = np.concatenate(oks)[index_n]
+    components = {k: np.concatenate([np.asarray(c[k], np.float32) for c in comps])[index_n] for k in comps[0]}
+    stats = {
+        "rollout/tries": float(attempt + 1),
+        "rollout/informative_groups": float(informative_g[groups].sum()),
+        "rollout/failed": float((~ok_n).sum()),
+    }
+    return merged, [examples_n[i] for i in index_n], rewards_n, ok_n, components, stats
+
+
+def _batch_for_estimator(config, agent, seqs, rewards_n, group_ids_n, mesh, timer):
+    """Old and reference log-probs and per-token advantages for the whole step batch (global arrays)."""
+    tokens = _global(seqs.tokens_nt, mesh, 0)
+    valid = _global(seqs.valid_nt, mesh, 0)
+    if config.algorithm.recompute_old_logprobs:
+        with timer("old_logprobs"):
+            old_logp = agent.logprob_fn(agent.state.params, tokens, valid)
+            old_logp.block_until_ready()
+    else:
+        old_logp = _global(seqs.sampler_logp_nt, mesh, 0)
+    ref_logp = None
+    if agent.ref_params is not None:
+        with timer("ref_logprobs"):
+            ref_logp = agent.logprob_fn(agent.ref_params, tokens, valid)
+            ref_logp.block_until_ready()
+    with timer("advantages"):
+        advantages, _ = _advantages_jit(
+            config.algorithm.estimator, config.algorithm.advantage_config(), _global(rewards_n, mesh, 0),
+            _global(group_ids_n, mesh, 0), _global(seqs.loss_mask_nt, mesh, 0), old_logp, ref_logp,
+        )
+    return old_logp, ref_logp, advantages
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _advantages_jit(name, cfg, rewards_n, group_ids_n, mask_nt, old_logp_nt, ref_logp_nt):
+    from jaxalign.algorithms.advantages import compute_advantages
+
+    return compute_advantages(name, cfg, rewards_n, group_ids_n, mask_nt, old_logp_nt, ref_logp_nt)
+
+
+def update(config, agent, seqs, old_logp, ref_logp, advantages, step: int, mesh) -> list[dict]:
+    """Epochs x mini-batches of jitted train steps; returns the per-update metrics (host floats)."""
+    from jaxalign.algorithms.losses import loss_weights
+
+    a, loss_cfg = config.algorithm, config.algorithm.loss_config(config.rollout.temperature)
+    host = {
+        "tokens": seqs.tokens_nt, "valid": seqs.valid_nt, "loss_mask": seqs.loss_mask_nt,
+        "old_logp": np.asarray(old_logp), "advantages": np.asarray(advantages),
+        "sampler_logp": seqs.sampler_logp_nt,
+    }
+    if ref_logp is not None:
+        host["ref_logp"] = np.asarray(ref_logp)
+    out = []
+    for epoch in range(a.epochs):
+        for index in batching.split_minibatches(len(seqs.tokens_nt), a.mini_batches, config.seed, step, epoch):
+            mini = {k: v[index] for k, v in host.items()}
+            mini["weights"] = loss_weights(mini["loss_mask"], loss_cfg.aggregation, loss_cfg.constant_normalizer)
+            batch = {k: _global(batching.to_micro_batches(v, a.micro_batches), mesh, 1) for k, v in mini.items()}
+            agent.state, step_metrics = agent.train_step(agent.state, batch)
+            step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
+            if not all(math.isfinite(v) for k, v in step_metrics.items() if "loss" in k):
+                raise TrainingDiverged(
+                    f"non-finite loss at step {step} ({ {k: v for k, v in step_metrics.items() if 'loss' in k} }); "
+                    "stopped before saving, so the last checkpoint is the last good state. Lower the learning "
+                    "rate, enable grad clipping (optim.grad_clip_norm) or use float32 parameters"
+                )
+            out.append(step_metrics)
+    return out
+
+
+def _mean_metrics(records: list[dict]) -> dict[str, float]:
+    return {f"loss/{k}": float(np.mean([r[k] for r in records])) for k in records[0]} if records else {}
+
+
+def _flops(num_params: int, trained_tokens: int, forward_tokens: int) -> float:
+    return 6.0 * num_params * trained_tokens + 2.0 * num_params * forward_tokens
+
+
+def _state_tree(agents: list[Agent]) -> dict:
+    return {"agents": [{"params": a.state.params, "opt_state": a.state.opt_state, "step": a.state.step}
+                       for a in agents]}
+
+
+def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
+    """Runs (or resumes) training in `workdir`; see the module docstring for the per-step flow."""
+    from jaxalign import methods as _methods  # noqa: F401  (registers the methods)
+    from jaxalign.methods.base import get_method
+    from jaxalign.rewards.pool import RewardPool
+    from jaxalign.sharding import make_mesh
+    from jaxalign.train import toy_task as _toy  # noqa: F401
+
+    maybe_initialize_distributed()
+    workdir = pathlib.Path(workdir)
+    is_main = jax.process_index() == 0
+    mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    method = get_method(config.method)(config.method_config)
+    train_examples, eval_examples = method.load_data()
+    data_report = getattr(method, "data_report", None)
+    if data_report:
+        log.warning("dataset: %s", data_report)
+    agent, tokenizer, model_cfg = build_agent(config, mesh)
+    agents = [agent]
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(agent.state.params))
+    encode = _encoder(method, tokenizer)
+    counters = batching.PromptCounters()
+
+    ckpt = Checkpointer(workdir, keep=config.checkpoint.keep, async_save=config.checkpoint.async_save)
+    writer = metrics_lib.MetricsWriter(workdir, tensorboard=config.logging.tensorboard, enabled=is_main)
+    start_step, position = 0, 0
+    restored = ckpt.restore_latest(abstract_like(_state_tree(agents)))
+    if restored is not None:
+        start_step, tree, meta = restored
+        for a, saved in zip(agents, tree["agents"]):
+            a.state = dataclasses.replace(a.state, params=saved["params"], opt_state=saved["opt_state"],
+                                          step=saved["step"])
+            a.sampler.update_params(a.state.params)
+        position = int(meta["data_position"])
+        counters = batching.PromptCounters(**meta.get("prompt_counters", {}))
+        if is_main:
+            metrics_lib.truncate_metrics(workdir, start_step)
+        log.info("resumed from step %d (data position %d)", start_step, position)
+    elif is_main:
+        (workdir / "config.json").write_text(config.to_json())
+    stream = batching.DataStream(len(train_examples), config.seed, position)
+    base_key = jax.random.key(config.seed)
+    history: list[dict] = []
+    previous_evals = [r for r in metrics_lib.read_metrics(workdir) if r["kind"] == "eval"]
+
+    def save(step: int) -> None:
+        meta = {"step": step, "data_position": stream.position, "prompt_counters": dataclasses.asdict(counters)}
+        ckpt.save(step, _state_tree(agents), meta, config.raw)
+
+    stopped_early = False
+    step = start_step
+    pool = RewardPool(config.rewards.num_workers, config.rewards.timeout_s)
+    progress = metrics_lib.Progress(config.train.steps, start_step, config.logging.progress and is_main)
+    try:
+        with pool, StopSignal() as stop:
+            if restored is None:
+                eval_before = evaluate(config, method, agent, tokenizer, pool, eval_examples, encode, counters)
+                writer.write(0, eval_before, kind="eval")
+            else:
+                eval_before = {k: v for k, v in (previous_evals[0] if previous_evals else {}).items()
+                               if k.startswith("eval/")}
+            for step in range(start_step + 1, config.train.steps + 1):
+                timer = metrics_lib.PhaseTimer()
+                key = jax.random.fold_in(base_key, step)
+                record: dict[str, float] = {}
+                for a in agents:
+                    with timer("generate_and_reward"):
+                        rollout, examples_n, rewards_n, ok_n, components, stats = collect_rollouts(
+                            config, method, a, tokenizer, pool, stream, train_examples, encode, counters, key
+                        )
+                    n = config.rollout.samples_per_prompt
+                    width = batching.bucket(rollout["prompt_ids_np"].shape[1], PROMPT_BUCKET,
+                                            config.rollout.max_prompt_len)
+                    seqs = batching.build_sequences(
+                        rollout["prompt_ids_np"], rollout["prompt_mask_np"], rollout["response_ids_np"],
+                        rollout["response_mask_np"], rollout["logprobs_np"], prompt_width=width, ok_n=ok_n,
+                    )
+                    group_ids_n = np.repeat(np.arange(len(rewards_n) // n), n).astype(np.int32)
+                    old_logp, ref_logp, advantages = _batch_for_estimator(
+                        config, a, seqs, rewards_n, group_ids_n, mesh, timer
+                    )
+                    with timer("update"):
+                        updates = update(config, a, seqs, old_logp, ref_logp, advantages, step, mesh)
+                    with timer("weight_sync"):
+                        record["time/weight_sync_reported_s"] = float(a.sampler.update_params(a.state.params))
+                    lengths = rollout["lengths_n"]
+                    record.update(stats)
+                    record.update(_mean_metrics(updates))
+                    record.update({
+                        "reward/mean": float(rewards_n.mean()), "reward/std": float(rewards_n.std()),
+                        "response/length_mean": float(lengths.mean()),
+                        "response/truncated_frac": float(np.mean([f == "length" for f in rollout["finish_reasons"]])),
+                        **{f"reward/{k}": float(np.nanmean(v)) for k, v in components.items()},
+                    })
+                    trained = int(seqs.valid_nt.sum())
+                    forward = trained * (int(config.algorithm.recompute_old_logprobs) + int(a.ref_params is not None))
+                    if step % max(config.logging.samples_every, 1) == 0:
+                        writer.write_samples(step, [
+                            {"prompt": examples_n[i].get("prompt", ""), "response": rollout["texts"][i],
+                             "reward": float(rewards_n[i])}
+                            for i in range(min(config.logging.samples_per_log, len(examples_n)))
+                        ])
+                record.update({"data/epoch": float(stream.epoch), "data/prompts_truncated": float(counters.truncated),
+                               "data/prompts_dropped": float(counters.dropped)})
+                record.update(timer.metrics())
+                record.update(metrics_lib.throughput_metrics(
+                    tokens=trained, step_seconds=record["time/step_s"], num_devices=jax.device_count(),
+                    train_flops=_flops(num_params, trained * config.algorithm.epochs, forward),
+                    device_kind=jax.devices()[0].device_kind,
+                ))
+                writer.write(step, record)
+                history.append(record)
+                progress.update(record)
+                last = step == config.train.steps
+                if config.train.eval_every and step % config.train.eval_every == 0 and not last:
+                    writer.write(step, evaluate(config, method, agent, tokenizer, pool, eval_examples, encode,
+                                                counters), kind="eval")
+                if (config.checkpoint.every and step % config.checkpoint.every == 0) or last:
+                    save(step)
+                if stop.should_stop() and not last:
+                    save(step)
+                    stopped_early = True
+                    log.warning("stopping at step %d on a signal; checkpoint saved", step)
+                    break
+            eval_after = {}
+            if not stopped_early:
+                eval_after = evaluate(config, method, agent, tokenizer, pool, eval_examples, encode, counters)
+                writer.write(config.train.steps, eval_after, kind="eval")
+    finally:
+        progress.close()
+        ckpt.close()
+        writer.close()
+    if is_main and not stopped_early:
+        if eval_before and eval_after:
+            print(metrics_lib.eval_table(eval_before, eval_after))
+        if config.logging.report:
+            metrics_lib.write_report(workdir, title=f"{config.method} · {config.model.spec}")
+    return RunResult(workdir, step, history, eval_before, eval_after, stopped_early)
