@@ -1,0 +1,207 @@
+"""The `jaxalign` command: train, eval, export, sample, bench. Heavy modules load inside each subcommand.
+
+    jaxalign train --config=configs/rlev_smollm2_demo.py[:arg] --config.rollout.max_new_tokens=32 --workdir=DIR
+    jaxalign eval --config=configs/rlev_smollm2_demo.py --workdir=DIR          (or --model SPEC instead of DIR)
+    jaxalign export --workdir DIR --out HF_DIR
+    jaxalign sample --model smollm2-135m-instruct --prompt "What is 12 + 7?" --max-new-tokens 32 --greedy
+    jaxalign bench {rollout,train}
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import pathlib
+import sys
+from typing import Sequence
+
+
+class UsageError(ValueError):
+    """Bad command-line input; printed without a traceback."""
+
+
+def split_config_args(argv: Sequence[str]) -> tuple[str | None, dict[str, str], list[str]]:
+    """Pulls `--config=PATH[:arg]` and `--config.a.b=v` (or `--config.a.b v`) out of argv."""
+    config, overrides, rest = None, {}, []
+    argv = list(argv)
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--config" or arg.startswith("--config=") or arg.startswith("--config."):
+            name, eq, value = arg.partition("=")
+            if not eq:
+                if i + 1 >= len(argv):
+                    raise UsageError(f"{name} needs a value")
+                value = argv[i + 1]
+                i += 1
+            if name == "--config":
+                config = value
+            else:
+                overrides[name[len("--config."):]] = value
+        else:
+            rest.append(arg)
+        i += 1
+    return config, overrides, rest
+
+
+def _load_experiment(config_spec: str | None, overrides: dict[str, str]):
+    from jaxalign.config import apply_overrides, from_config_dict, load_config_file
+
+    if not config_spec:
+        raise UsageError("--config=configs/<name>.py[:arg] is required")
+    return from_config_dict(apply_overrides(load_config_file(config_spec), overrides))
+
+
+def cmd_train(args, config_spec, overrides) -> int:
+    from jaxalign.train.loop import train
+
+    config = _load_experiment(config_spec, overrides)
+    result = train(config, args.workdir)
+    return 0 if result.final_step >= 0 else 1
+
+
+def cmd_eval(args, config_spec, overrides) -> int:
+    from jaxalign.train.restore import evaluate_checkpoint
+
+    if args.model:
+        overrides = {**overrides, "model.spec": args.model}
+    config = _load_experiment(config_spec, overrides)
+    metrics = evaluate_checkpoint(config, args.workdir)
+    print(json.dumps(metrics, indent=2, sort_keys=True))
+    return 0
+
+
+def cmd_export(args, config_spec, overrides) -> int:
+    from jaxalign.train.restore import export_checkpoint
+
+    export_checkpoint(args.workdir, args.out)
+    print(f"exported the policy of {args.workdir} to {args.out}")
+    return 0
+
+
+def _read_prompts(args) -> list[str]:
+    if args.prompt is not None:
+        return [args.prompt]
+    path = pathlib.Path(args.prompts_file)
+    if not path.is_file():
+        raise UsageError(f"--prompts-file {path} does not exist")
+    prompts = []
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{number}: not JSON ({e})") from None
+        if isinstance(row, str):
+            prompts.append(row)
+        elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
+            prompts.append(row["prompt"])
+        else:
+            raise UsageError(f'{path}:{number}: expected a JSON string or {{"prompt": "..."}}')
+    return prompts
+
+
+def cmd_sample(args, config_spec, overrides) -> int:
+    import jax
+    from tqdm.auto import tqdm
+
+    from jaxalign.models import load_model
+    from jaxalign.rollout import Sampler, SamplingParams
+
+    prompts = _read_prompts(args)
+    model, tokenizer = load_model(args.model, role="sample")
+    if tokenizer is None:
+        raise UsageError(f"model {args.model!r} has no tokenizer; sample needs text prompts")
+    sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                        top_p=args.top_p, greedy=args.greedy, n=args.n)
+    encoded = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
+    sampler = Sampler(model, tokenizer, max_prompt_len=max(len(e) for e in encoded))
+    key = jax.random.key(args.seed)
+    for start in tqdm(range(0, len(encoded), args.batch_size), desc="sample", unit="batch",
+                      disable=len(encoded) <= args.batch_size):
+        chunk = encoded[start:start + args.batch_size]
+        rollout = sampler.generate(chunk, sp, jax.random.fold_in(key, start))
+        for i, text in enumerate(rollout.texts):
+            prompt = prompts[start + i // args.n]
+            print(json.dumps({"prompt": prompt, "response": text, "finish": rollout.finish_reasons[i]},
+                             ensure_ascii=False))
+    return 0
+
+
+def cmd_bench(args, config_spec, overrides) -> int:
+    if args.which == "rollout":
+        from jaxalign.bench.rollout import main as bench_main
+    else:
+        from jaxalign.bench.train import main as bench_main
+    return int(bench_main(args.bench_args) or 0)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxalign", description="RL post-training for alignment in JAX.")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    config_help = "--config=configs/<name>.py[:arg] and --config.<section>.<field>=value overrides"
+
+    p = sub.add_parser("train", help="train (or resume) a run", description=config_help)
+    p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, report")
+    p.set_defaults(fn=cmd_train)
+
+    p = sub.add_parser("eval", help="greedy eval of a checkpoint or model with the method's metrics",
+                       description=config_help)
+    p.add_argument("--workdir", help="evaluate this run's latest checkpoint")
+    p.add_argument("--model", help="or evaluate this model (HF dir, .gguf, smollm2-135m-instruct)")
+    p.set_defaults(fn=cmd_eval)
+
+    p = sub.add_parser("export", help="write the policy of a run's latest checkpoint as an HF model")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(fn=cmd_export)
+
+    p = sub.add_parser("sample", help="sample completions from a model")
+    p.add_argument("--model", required=True, help="HF dir, .gguf path or smollm2-135m-instruct")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--prompt")
+    group.add_argument("--prompts-file", help="JSONL: one string or {\"prompt\": ...} per line")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_sample)
+
+    p = sub.add_parser("bench", help="rollout or train-step benchmarks")
+    p.add_argument("which", choices=("rollout", "train"))
+    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from jaxalign.config import ConfigError
+
+    argv = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser()
+    try:
+        config_spec, overrides, rest = split_config_args(argv)
+    except UsageError as e:
+        parser.error(str(e))
+    args = parser.parse_args(rest)
+    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    if (config_spec or overrides) and args.command not in ("train", "eval"):
+        parser.error(f"--config is not an option of '{args.command}'")
+    if args.command == "eval" and not (args.workdir or args.model):
+        parser.error("eval needs --workdir DIR or --model SPEC")
+    try:
+        return args.fn(args, config_spec, overrides)
+    except (UsageError, ConfigError) as e:
+        print(f"jaxalign {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
