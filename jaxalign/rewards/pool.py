@@ -269,7 +269,10 @@ class RewardPool:
                 try:
                     task_id, ok, payload = conn.recv()
                 except Exception as exc:  # noqa: BLE001 - EOF, reset, or a garbled message: the child is gone.
-                    code = self._workers[slot].process.poll()
+                    try:  # the socket closes a moment before the process can be reaped
+                        code = self._workers[slot].process.wait(timeout=1.0)
+                    except subprocess.TimeoutExpired:
+                        code = None
                     results[index] = RewardResult(
                         False, {}, f"crash: worker died (exit code {code}; {type(exc).__name__})", "crash",
                         time.perf_counter() - start)
