@@ -92,3 +92,39 @@ def test_judge_input_errors():
     judge = EquivalenceJudge(StubSampler(oracle_reply), sampling_params=None)
     with pytest.raises(ValueError, match="as many questions"):
         judge.judge(["q"], ["a", "b"], ["1"], key=None)
+
+
+class ByteTokenizer:
+    """Bytes 1..254 as tokens, 255 as EOS, 0 as padding; a plain-text chat template."""
+
+    eos_token_ids = (255,)
+    pad_id = 0
+    vocab_size = 256
+
+    def encode(self, text):
+        return [min(max(b, 1), 254) for b in text.encode("utf-8")]
+
+    def decode(self, ids):
+        return bytes(int(i) for i in ids if 0 < int(i) < 255).decode("utf-8", errors="replace")
+
+    def apply_chat_template(self, messages, add_generation_prompt=True):
+        text = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
+        return self.encode(text + ("<assistant>" if add_generation_prompt else ""))
+
+
+def test_judge_runs_through_the_real_sampler_on_a_tiny_random_model():
+    jax = pytest.importorskip("jax")
+    from flax import nnx
+
+    from jaxalign.models import Transformer, get_preset
+    from jaxalign.rollout import Sampler, SamplingParams
+
+    model = Transformer(get_preset("tiny", max_position_embeddings=2048), rngs=nnx.Rngs(0))
+    sampler = Sampler(model, ByteTokenizer(), max_prompt_len=1024)  # one token per byte
+    judge = EquivalenceJudge(sampler, SamplingParams(max_new_tokens=4, greedy=True, n=1))
+    verdicts = judge.judge(["What is 2 + 2?", "What is 1 + 1?"], ["Answer: 4", "Answer: 3"], ["4", "2"],
+                           key=jax.random.key(0))
+    assert len(verdicts) == 2
+    for verdict in verdicts:  # random weights: the reply is noise, but it went through parse_yes_no
+        assert isinstance(verdict.reply, str)
+        assert verdict.correct is parse_yes_no(verdict.reply)
