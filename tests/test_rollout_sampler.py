@@ -1,5 +1,7 @@
 """The KV-cache sampler on a tiny random model: cache consistency, log-probs, stops, keys, prefixes."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,10 +47,17 @@ def sampler(model):
 PROMPTS = [[3, 14, 15, 92, 65], [35, 89], [79, 32, 38, 46, 26, 43, 38, 32, 79]]
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _forward_logits(graphdef, params, tokens_bt, valid_bt):
+    model = nnx.merge(graphdef, params)
+    hidden, _ = model(tokens_bt, positions_from_mask(valid_bt), causal_attention_mask(valid_bt))
+    return model.unembed(hidden)
+
+
 def full_forward_logits(model, tokens_bt, valid_bt):
-    hidden, _ = model(jnp.asarray(tokens_bt), positions_from_mask(valid_bt),
-                      causal_attention_mask(valid_bt))
-    return np.asarray(model.unembed(hidden))
+    """Logits of a plain (cache-free) forward pass over padded sequences."""
+    graphdef, params = nnx.split(model)
+    return np.asarray(_forward_logits(graphdef, params, jnp.asarray(tokens_bt), jnp.asarray(valid_bt)))
 
 
 def rollout_tokens(rollout):
@@ -78,14 +87,16 @@ def test_cached_decode_matches_full_forward_at_every_position(model):
         prompt_mask[i, width - length:] = 1
     continuation = rng.integers(1, 256, (2 * n, cont)).astype(np.int32)
 
-    cache, last_logits = prefill(graphdef, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
+    prefill_jit = jax.jit(prefill, static_argnums=0, static_argnames=("n", "cache_len", "cache_dtype"))
+    decode_step_jit = jax.jit(decode_step, static_argnums=0)
+    cache, last_logits = prefill_jit(graphdef, params, jnp.asarray(prompt_ids), jnp.asarray(prompt_mask),
                                  n=n, cache_len=width + cont, cache_dtype=jnp.float32)
     mask_rep = np.repeat(prompt_mask, n, axis=0)
     ids_rep = np.repeat(prompt_ids, n, axis=0)
     cached_logits = [np.asarray(last_logits)]
     for j in range(cont - 1):
         valid = np.concatenate([mask_rep, np.arange(cont)[None].repeat(2 * n, 0) <= j], axis=1)
-        logits, cache = decode_step(graphdef, params, cache, jnp.asarray(continuation[:, j]),
+        logits, cache = decode_step_jit(graphdef, params, cache, jnp.asarray(continuation[:, j]),
                                     jnp.asarray(mask_rep.sum(1) + j), width + j, jnp.asarray(valid))
         cached_logits.append(np.asarray(logits))
     cached_btv = np.stack(cached_logits, axis=1)
@@ -104,17 +115,20 @@ def test_cached_decode_matches_full_forward_at_every_position(model):
 def test_logprobs_match_full_forward_recomputation(model, sampler, sp):
     rollout = sampler.generate(PROMPTS, sp, jax.random.key(5))
     assert rollout.num_samples == len(PROMPTS) * sp.n
-    for i, (prompt, response) in enumerate(rollout_tokens(rollout)):
-        tokens = np.asarray([prompt + response])
-        logits = full_forward_logits(model, tokens, np.ones_like(tokens))[0].astype(np.float64)
-        z = logits / sp.logprob_temperature
-        logp = z - z.max(-1, keepdims=True)
-        logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
-        expected = logp[np.arange(len(prompt) - 1, len(tokens[0]) - 1), response]
-        np.testing.assert_allclose(rollout.logprobs_np[i, : len(response)], expected, atol=TOL)
-        assert np.all(rollout.logprobs_np[i, len(response):] == 0)
-        if sp.greedy:
-            assert response == logits[len(prompt) - 1: -1].argmax(-1).tolist()
+    # Training layout: left-padded prompt then right-padded response, one plain forward pass.
+    width = rollout.prompt_ids_np.shape[1]
+    tokens = np.concatenate([rollout.prompt_ids_np, rollout.response_ids_np], axis=1)
+    valid = np.concatenate([rollout.prompt_mask_np, rollout.response_mask_np], axis=1)
+    logits = full_forward_logits(model, tokens, valid).astype(np.float64)
+    z = logits[:, width - 1: -1] / sp.logprob_temperature
+    logp = z - z.max(-1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(-1, keepdims=True))
+    expected = np.take_along_axis(logp, rollout.response_ids_np[..., None], axis=-1)[..., 0]
+    mask = rollout.response_mask_np == 1
+    np.testing.assert_allclose(rollout.logprobs_np[mask], expected[mask], atol=TOL)
+    assert np.all(rollout.logprobs_np[~mask] == 0)
+    if sp.greedy:
+        np.testing.assert_array_equal(rollout.response_ids_np[mask], z.argmax(-1)[mask])
 
 
 def test_stops_at_stop_ids_eos_and_stop_strings(model):
