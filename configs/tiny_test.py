@@ -20,7 +20,7 @@ def get_config(arg=None):
     c.rollout.samples_per_prompt = 4
     c.rollout.max_prompt_len = 8
     c.rollout.max_new_tokens = 8
-    c.optim.learning_rate = 3e-3
+    c.optim.learning_rate = 1e-2
     c.train.steps = 12
     c.train.eval_every = 6
     c.train.eval_examples = 8
@@ -31,5 +31,5 @@ def get_config(arg=None):
     c.logging.report = False
     c.rewards.num_workers = 1
     c.rewards.timeout_s = 30.0
-    c.toy_token = ml_collections.ConfigDict(dict(target_below=16, num_train=64, num_eval=8, prompt_len=6))
+    c.toy_token = ml_collections.ConfigDict(dict(target_below=64, num_train=64, num_eval=8, prompt_len=6))
     return c

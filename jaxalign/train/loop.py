@@ -95,20 +95,6 @@ def _check_vocab(model_cfg, tokenizer) -> None:
         )
 
 
-def _make_logprob_fn(graphdef, chunk_size: int, temperature: float):
-    from flax import nnx
-
-    from jaxalign.algorithms.logprobs import sequence_logprobs
-
-    @jax.jit
-    def logprobs(params, tokens_nt, valid_nt):
-        model = nnx.merge(graphdef, params)
-        logp, _ = sequence_logprobs(model, tokens_nt, valid_nt, temperature=temperature, chunk_size=chunk_size)
-        return logp
-
-    return logprobs
-
-
 def build_agent(config: ExperimentConfig, mesh, name: str = "policy") -> tuple[Agent, Any, Any]:
     """Loads the model, its optimizer, reference and sampler; returns (agent, tokenizer, model config)."""
     from flax import nnx
@@ -116,7 +102,7 @@ def build_agent(config: ExperimentConfig, mesh, name: str = "policy") -> tuple[A
     from jaxalign.models import load_model
     from jaxalign.rollout import Sampler
     from jaxalign.train.state import init_train_state, make_optimizer
-    from jaxalign.train.step import make_train_step
+    from jaxalign.train.step import make_logprob_fn, make_train_step
 
     model, tokenizer = load_model(
         config.model.spec, mesh=mesh, role="train",
@@ -131,8 +117,9 @@ def build_agent(config: ExperimentConfig, mesh, name: str = "policy") -> tuple[A
     sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=config.rollout.max_prompt_len)
     agent = Agent(
         name=name, graphdef=graphdef, state=state, ref_params=ref_params, sampler=sampler,
-        train_step=make_train_step(graphdef, optimizer, loss_cfg),
-        logprob_fn=_make_logprob_fn(graphdef, loss_cfg.logprob_chunk_size, config.rollout.temperature),
+        train_step=make_train_step(graphdef, optimizer, loss_cfg, mesh=mesh),
+        logprob_fn=make_logprob_fn(graphdef, temperature=config.rollout.temperature,
+                                   chunk_size=loss_cfg.logprob_chunk_size, mesh=mesh),
     )
     return agent, tokenizer, model.cfg
 
@@ -262,17 +249,18 @@ def collect_rollouts(config, method, agent, tokenizer, pool, stream, train_examp
 def _batch_for_estimator(config, agent, seqs, rewards_n, group_ids_n, mesh, timer):
     """Old and reference log-probs and per-token advantages for the whole step batch (global arrays)."""
     tokens = _global(seqs.tokens_nt, mesh, 0)
-    valid = _global(seqs.valid_nt, mesh, 0)
+    valid = _global(seqs.valid_nt.astype(bool), mesh, 0)
+    positions = _global(positions_np(seqs.valid_nt), mesh, 0)
     if config.algorithm.recompute_old_logprobs:
         with timer("old_logprobs"):
-            old_logp = agent.logprob_fn(agent.state.params, tokens, valid)
+            old_logp, _ = agent.logprob_fn(agent.state.params, tokens, valid, positions)
             old_logp.block_until_ready()
     else:
         old_logp = _global(seqs.sampler_logp_nt, mesh, 0)
     ref_logp = None
     if agent.ref_params is not None:
         with timer("ref_logprobs"):
-            ref_logp = agent.logprob_fn(agent.ref_params, tokens, valid)
+            ref_logp, _ = agent.logprob_fn(agent.ref_params, tokens, valid, positions)
             ref_logp.block_until_ready()
     with timer("advantages"):
         advantages, _ = _advantages_jit(
@@ -295,17 +283,18 @@ def update(config, agent, seqs, old_logp, ref_logp, advantages, step: int, mesh)
 
     a, loss_cfg = config.algorithm, config.algorithm.loss_config(config.rollout.temperature)
     host = {
-        "tokens": seqs.tokens_nt, "valid": seqs.valid_nt, "loss_mask": seqs.loss_mask_nt,
-        "old_logp": np.asarray(old_logp), "advantages": np.asarray(advantages),
-        "sampler_logp": seqs.sampler_logp_nt,
+        "tokens": seqs.tokens_nt, "valid": seqs.valid_nt.astype(bool), "positions": positions_np(seqs.valid_nt),
+        "loss_mask": seqs.loss_mask_nt, "old_logp": np.asarray(old_logp), "advantages": np.asarray(advantages),
     }
-    if ref_logp is not None:
+    if loss_cfg.tis_cap is not None:
+        host["sampler_logp"] = seqs.sampler_logp_nt
+    if ref_logp is not None and loss_cfg.kl_in_loss:
         host["ref_logp"] = np.asarray(ref_logp)
     out = []
     for epoch in range(a.epochs):
         for index in batching.split_minibatches(len(seqs.tokens_nt), a.mini_batches, config.seed, step, epoch):
             mini = {k: v[index] for k, v in host.items()}
-            mini["weights"] = loss_weights(mini["loss_mask"], loss_cfg.aggregation, loss_cfg.constant_normalizer)
+            mini["loss_weights"] = loss_weights(mini["loss_mask"], loss_cfg.aggregation, loss_cfg.constant_normalizer)
             batch = {k: _global(batching.to_micro_batches(v, a.micro_batches), mesh, 1) for k, v in mini.items()}
             agent.state, step_metrics = agent.train_step(agent.state, batch)
             step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
@@ -317,6 +306,11 @@ def update(config, agent, seqs, old_logp, ref_logp, advantages, step: int, mesh)
                 )
             out.append(step_metrics)
     return out
+
+
+def positions_np(valid_nt: np.ndarray) -> np.ndarray:
+    """Position ids counting valid tokens only (the model's `positions_from_mask`, on the host)."""
+    return np.maximum(np.cumsum(valid_nt.astype(np.int32), axis=-1) - 1, 0).astype(np.int32)
 
 
 def _mean_metrics(records: list[dict]) -> dict[str, float]:
