@@ -72,11 +72,12 @@ def logprobs_from_hidden(
     logp = logp_cbt.swapaxes(0, 1).reshape(b, num_chunks * chunk)[:, :steps]
     entropy = entropy_cbt.swapaxes(0, 1).reshape(b, num_chunks * chunk)[:, :steps]
     valid = valid_bt.astype(bool)
-    pair_valid = (valid[:, 1:] & valid[:, :-1]).astype(jnp.float32)
+    pair_valid = valid[:, 1:] & valid[:, :-1]
     first = jnp.zeros((b, 1), jnp.float32)
+    # `where`, not a product: whatever a model computes at padding must not leak (not even a NaN).
     return (
-        jnp.concatenate([first, logp * pair_valid], axis=1),
-        jnp.concatenate([first, entropy * pair_valid], axis=1),
+        jnp.concatenate([first, jnp.where(pair_valid, logp, 0.0)], axis=1),
+        jnp.concatenate([first, jnp.where(pair_valid, entropy, 0.0)], axis=1),
     )
 
 

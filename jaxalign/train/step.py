@@ -1,0 +1,217 @@
+"""The pure, jitted policy update and log-prob recomputation.
+
+`make_train_step(graphdef, optimizer, loss_cfg, mesh=...)` returns `train_step(state, batch, ref_params=None)
+-> (state, metrics)`. The batch is a dict of arrays with a leading micro-batch axis [m, b, t] (see
+`jaxalign.algorithms.batch`):
+
+    tokens int32, valid bool, positions int32     the sequences (prompt + response)
+    loss_mask float32                              1 on response tokens trained on
+    loss_weights float32                           `loss_weights(mask of the whole mini-batch, mode)`
+    advantages float32, old_logp float32           per token, aligned with `tokens`
+    ref_logp float32 (optional)                    reference log-probs, when KL is in the loss
+    sampler_logp float32 (optional)                the sampler's log-probs, when `tis_cap` is set
+
+Gradients of `sum(loss_weights * per_token_loss)` are summed over the m micro-batches with `lax.scan`, then
+one optimizer update is applied. Because the weights are normalised over the whole mini-batch, the result
+equals the full-batch gradient for every aggregation mode, micro-batch count and data sharding.
+
+With a mesh, the state keeps the shardings it was created with (parameters per the sharding rules, optimizer
+moments like their parameters), the batch is split over ("data", "fsdp") along b, and the state's buffers are
+donated: the state passed in must not be used again.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxalign.algorithms.logprobs import sequence_logprobs
+from jaxalign.algorithms.losses import (
+    METRIC_MAXES,
+    METRIC_MINS,
+    METRIC_SUMS,
+    LossConfig,
+    combine_metrics,
+    finalize_metrics,
+    policy_objective,
+)
+from jaxalign.train.state import TrainState, state_shardings
+
+BATCH_AXES = ("data", "fsdp")
+REQUIRED_KEYS = ("tokens", "valid", "positions", "loss_mask", "loss_weights", "advantages", "old_logp")
+OPTIONAL_KEYS = ("ref_logp", "sampler_logp")
+
+
+def _logprobs(graphdef, params, tokens_bt, valid_bt, positions_bt, temperature, chunk_size):
+    model = nnx.merge(graphdef, params)
+    return sequence_logprobs(
+        model, tokens_bt, valid_bt, positions_bt=positions_bt, temperature=temperature, chunk_size=chunk_size
+    )
+
+
+def _empty_metric_sums() -> dict[str, jax.Array]:
+    big = jnp.finfo(jnp.float32).max
+    sums = {k: jnp.zeros((), jnp.float32) for k in METRIC_SUMS}
+    sums.update({k: jnp.full((), -big, jnp.float32) for k in METRIC_MAXES})
+    sums.update({k: jnp.full((), big, jnp.float32) for k in METRIC_MINS})
+    return sums
+
+
+def _check_batch(batch: Mapping[str, Any], loss_cfg: LossConfig, has_ref_params: bool) -> None:
+    missing = [k for k in REQUIRED_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"train batch is missing {missing}; required keys: {REQUIRED_KEYS}")
+    unknown = [k for k in batch if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
+    if unknown:
+        raise ValueError(f"train batch has unknown keys {unknown}; allowed: {REQUIRED_KEYS + OPTIONAL_KEYS}")
+    shape = batch["tokens"].shape
+    if len(shape) != 3:
+        raise ValueError(f"train batch arrays must be [micro_batches, batch, time], tokens has shape {shape}")
+    for key, value in batch.items():
+        if value.shape != shape:
+            raise ValueError(f"batch[{key!r}] has shape {value.shape}, expected {shape} like 'tokens'")
+    if loss_cfg.kl_in_loss and "ref_logp" not in batch and not has_ref_params:
+        raise ValueError("kl_in='loss' needs batch['ref_logp'] or ref_params")
+    if loss_cfg.tis_cap is not None and "sampler_logp" not in batch:
+        raise ValueError("tis_cap is set: the batch needs 'sampler_logp'")
+
+
+def make_train_step(
+    graphdef: nnx.GraphDef,
+    optimizer: optax.GradientTransformation,
+    loss_cfg: LossConfig,
+    *,
+    mesh: Mesh | None = None,
+    role: str = "train",
+) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
+    """Builds `train_step(state, batch, ref_params=None) -> (new_state, metrics)` (see module doc).
+
+    `ref_params` (the frozen reference) is only used when KL is in the loss and the batch carries no
+    'ref_logp'; its log-probs are then computed inside the step, per micro-batch, without gradient.
+    `role` names the sharding rules the state was created with (informational: the step keeps the state's
+    own shardings). Metrics (float32 scalars): loss, pg_loss, kl, entropy, clip_frac, ratio_mean/max/min,
+    tis_mean, adv_mean/std/max/min, tokens (loss tokens), grad_norm (before clipping).
+    """
+    del role
+    temperature, chunk = loss_cfg.temperature, loss_cfg.logprob_chunk_size
+
+    def micro_loss(params, micro, ref_params):
+        logp, entropy = _logprobs(
+            graphdef, params, micro["tokens"], micro["valid"], micro["positions"], temperature, chunk
+        )
+        if loss_cfg.entropy_coef == 0:
+            entropy = jax.lax.stop_gradient(entropy)
+        ref_logp = micro.get("ref_logp")
+        if loss_cfg.kl_in_loss and ref_logp is None:
+            ref_logp, _ = _logprobs(
+                graphdef, ref_params, micro["tokens"], micro["valid"], micro["positions"], temperature, chunk
+            )
+            ref_logp = jax.lax.stop_gradient(ref_logp)
+        return policy_objective(
+            loss_cfg,
+            logp,
+            micro["old_logp"],
+            micro["advantages"],
+            micro["loss_weights"],
+            micro["loss_mask"],
+            ref_logp_nt=ref_logp,
+            entropy_nt=entropy,
+            sampler_logp_nt=micro.get("sampler_logp"),
+        )
+
+    grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
+
+    def step(state: TrainState, batch: dict[str, jax.Array], ref_params):
+        def accumulate(carry, micro):
+            grads_acc, sums_acc = carry
+            (_, sums), grads = grad_fn(state.params, micro, ref_params)
+            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
+            return (grads_acc, combine_metrics(sums_acc, sums)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        (grads, sums), _ = jax.lax.scan(accumulate, (zeros, _empty_metric_sums()), batch)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = finalize_metrics(sums)
+        metrics["grad_norm"] = optax.global_norm(grads)
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    compiled: dict[Any, Callable] = {}
+
+    def train_step(state: TrainState, batch: Mapping[str, Any], ref_params: Any = None):
+        _check_batch(batch, loss_cfg, ref_params is not None)
+        if not loss_cfg.kl_in_loss or "ref_logp" in batch:
+            ref_params = None  # not needed: keep it out of the compiled program
+        key = (tuple(sorted(batch)), ref_params is None)
+        if key not in compiled:
+            compiled[key] = _jit_step(step, state, batch, ref_params, mesh)
+        return compiled[key](state, dict(batch), ref_params)
+
+    return train_step
+
+
+def _jit_step(step, state, batch, ref_params, mesh):
+    if mesh is None:
+        return jax.jit(step, donate_argnums=0)
+    data_size = mesh.shape["data"] * mesh.shape["fsdp"]
+    b = batch["tokens"].shape[1]
+    if b % data_size:
+        raise ValueError(f"micro-batch size {b} is not divisible by the data x fsdp mesh size {data_size}")
+    state_sh = state_shardings(state)
+    batch_sh = {k: NamedSharding(mesh, PartitionSpec(None, BATCH_AXES)) for k in batch}
+    ref_sh = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    return jax.jit(
+        step,
+        in_shardings=(state_sh, batch_sh, ref_sh),
+        out_shardings=(state_sh, replicated),
+        donate_argnums=0,
+    )
+
+
+def make_logprob_fn(
+    graphdef: nnx.GraphDef,
+    *,
+    temperature: float = 1.0,
+    chunk_size: int = 256,
+    mesh: Mesh | None = None,
+) -> Callable[..., tuple[jax.Array, jax.Array]]:
+    """Jitted `logprob_fn(params, tokens_bt, valid_bt, positions_bt) -> (logp_bt, entropy_bt)` for
+    recomputing old-policy or reference log-probs (no gradient). With a mesh the [b, t] inputs and outputs
+    are split over ("data", "fsdp") along b; the parameters keep their own shardings."""
+
+    def fn(params, tokens_bt, valid_bt, positions_bt):
+        return _logprobs(graphdef, params, tokens_bt, valid_bt, positions_bt, temperature, chunk_size)
+
+    if mesh is None:
+        return jax.jit(fn)
+    rows = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    jitted = {}
+
+    def logprob_fn(params, tokens_bt, valid_bt, positions_bt):
+        if "fn" not in jitted:
+            param_sh = jax.tree.map(lambda x: x.sharding, params)
+            jitted["fn"] = jax.jit(fn, in_shardings=(param_sh, rows, rows, rows), out_shardings=(rows, rows))
+        return jitted["fn"](params, tokens_bt, valid_bt, positions_bt)
+
+    return logprob_fn
+
+
+def train_flops_per_token(model_cfg, seq_len: int) -> float:
+    """Model FLOPs per trained token of forward + backward (for MFU): 6 * N + 6 * L * h * e * seq_len.
+
+    N counts the parameters that take part in matmuls (all but the embedding lookup table, unless it is
+    tied and doubles as the unembedding). The attention term is the QK^T and AV products: 2 matmuls x 2
+    FLOPs x h heads x e dims per key, over seq_len / 2 keys on average under the causal mask, times 3 for
+    forward + backward: 3 * 4 * L * h * e * seq_len / 2.
+    """
+    n_matmul = model_cfg.num_params()
+    if not model_cfg.tie_embeddings:
+        n_matmul -= model_cfg.vocab_size * model_cfg.hidden_size  # the input embedding is a lookup
+    attention = 6.0 * model_cfg.num_layers * model_cfg.num_heads * model_cfg.head_dim * seq_len
+    return 6.0 * n_matmul + attention
