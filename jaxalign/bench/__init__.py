@@ -1,0 +1,1 @@
+"""Benchmarks: rollout throughput (`jaxalign.bench.rollout`) and the train step."""
