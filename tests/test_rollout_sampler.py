@@ -245,5 +245,10 @@ def test_update_params_copies_new_weights(model, sampler):
     after = s.generate(PROMPTS, sp, jax.random.key(0))
     np.testing.assert_array_equal(after.response_ids_np, fresh.response_ids_np)
     assert not np.array_equal(before.response_ids_np, after.response_ids_np)
+    # A pure-dict copy of the weights (e.g. a checkpoint's) and a jitted round trip work too.
+    s.update_params(model)
+    s.update_params(jax.jit(lambda p: p)(nnx.to_pure_dict(nnx.state(other))))
+    np.testing.assert_array_equal(s.generate(PROMPTS, sp, jax.random.key(0)).response_ids_np,
+                                  fresh.response_ids_np)
     with pytest.raises(ValueError, match="does not match"):
         s.update_params({"w": jnp.zeros(3)})

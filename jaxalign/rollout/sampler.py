@@ -221,6 +221,7 @@ class Sampler:
         self.param_dtype = None if param_dtype is None else jnp.dtype(param_dtype)
         self.graphdef, state = nnx.split(model)
         self._state_structure = jax.tree.structure(state)
+        self._leaf_shapes = [tuple(x.shape) for x in jax.tree.leaves(state)]
         if mesh is None:
             self.data_parallel = 1
             self._param_shardings = self._batch_sharding = None
@@ -243,9 +244,15 @@ class Sampler:
         """
         if isinstance(params, nnx.Module):
             params = nnx.state(params)
-        if jax.tree.structure(params) != self._state_structure:
-            raise ValueError("update_params: the parameter tree does not match the sampler's model "
-                             "(pass the policy's full nnx state, e.g. nnx.state(model))")
+        leaves = jax.tree.leaves(params)
+        shapes = [tuple(x.shape) for x in leaves]
+        if shapes != self._leaf_shapes:
+            raise ValueError(
+                f"update_params: the parameter tree does not match the sampler's model ({len(shapes)} "
+                f"arrays vs {len(self._leaf_shapes)}, or different shapes); pass the policy's full nnx "
+                "state, e.g. nnx.state(model)")
+        # Same leaves in the same order: re-attach the sampler's own tree (its variable metadata).
+        params = jax.tree.unflatten(self._state_structure, leaves)
         start = time.perf_counter()
         new_params = jax.block_until_ready(self._copy(params))
         self.params = new_params
