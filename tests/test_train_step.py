@@ -139,7 +139,8 @@ def test_accumulation_equals_full_batch_and_reference():
     for aggregation in AGGREGATIONS:
         cfg = LossConfig(clip_high=0.28, logprob_chunk_size=4)  # aggregation lives in the weights only
         batch = make_batch(model, aggregation)
-        want_loss, want_grads = reference_loss_and_grads(params, batch, dataclasses.replace(cfg, aggregation=aggregation))
+        ref_cfg = dataclasses.replace(cfg, aggregation=aggregation)
+        want_loss, want_grads = reference_loss_and_grads(params, batch, ref_cfg)
         full_grads, full_metrics, _ = step_gradients(params, batch, cfg, 1)
         micro_grads, micro_metrics, _ = step_gradients(params, batch, cfg, 4)
         assert_trees_close(full_grads, want_grads, rtol=1e-4, atol=1e-5)
