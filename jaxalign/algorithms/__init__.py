@@ -1,4 +1,5 @@
-"""RL maths shared by every method: advantage estimators, policy losses, KL estimators, chunked log-probs."""
+"""RL maths shared by every method: advantage estimators, policy losses, KL estimators, chunked log-probs,
+and the rollout-to-training-batch layout."""
 
 from jaxalign.algorithms.advantages import (
     ESTIMATORS,
@@ -7,7 +8,9 @@ from jaxalign.algorithms.advantages import (
     equal_reward_groups,
     group_ids,
 )
+from jaxalign.algorithms.batch import place_response, response_columns, sequence_batch, split_micro_batches
 from jaxalign.algorithms.kl import KL_ESTIMATORS, kl_divergence
+from jaxalign.algorithms.logprobs import logprobs_from_hidden, sequence_logprobs
 from jaxalign.algorithms.losses import (
     AGGREGATIONS,
     POLICY_LOSSES,
@@ -17,3 +20,26 @@ from jaxalign.algorithms.losses import (
     policy_objective,
     value_loss,
 )
+
+__all__ = [
+    "AGGREGATIONS",
+    "ESTIMATORS",
+    "KL_ESTIMATORS",
+    "POLICY_LOSSES",
+    "AdvantageConfig",
+    "LossConfig",
+    "compute_advantages",
+    "equal_reward_groups",
+    "finalize_metrics",
+    "group_ids",
+    "kl_divergence",
+    "logprobs_from_hidden",
+    "loss_weights",
+    "place_response",
+    "policy_objective",
+    "response_columns",
+    "sequence_batch",
+    "sequence_logprobs",
+    "split_micro_batches",
+    "value_loss",
+]
