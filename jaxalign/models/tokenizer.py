@@ -82,12 +82,18 @@ def _generation_eos_ids(directory: str) -> list[int]:
 @functools.lru_cache(maxsize=8)
 def tokenizer_from_hf_dir(directory: str) -> Tokenizer:
     """Tokenizer of a local HF model directory (fast tokenizer files required)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
     directory = os.path.abspath(directory)
     if not any(os.path.isfile(os.path.join(directory, name)) for name in _TOKENIZER_FILES):
         raise FileNotFoundError(f"no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in {directory!r}")
-    hf_tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True, trust_remote_code=False)
+    if os.path.isfile(os.path.join(directory, "tokenizer.json")):
+        # tokenizer.json is the complete pipeline; loading it as is avoids AutoTokenizer rebuilding a
+        # model-specific class from the vocabulary (which can change the pre-tokenizer).
+        hf_tokenizer = PreTrainedTokenizerFast.from_pretrained(directory, local_files_only=True)
+    else:
+        hf_tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True,
+                                                     trust_remote_code=False)
     return Tokenizer(hf_tokenizer, _generation_eos_ids(directory))
 
 
