@@ -114,6 +114,17 @@ def set_estimator(c: ml_collections.ConfigDict, name: str) -> None:
         c.algorithm.loss = preset.loss
 
 
-def rlev_section(reward: str = "human_aligned", dataset: str = "embedded") -> ml_collections.ConfigDict:
-    """The `rlev` method section: reward kind, value scale alpha (paper: 10) and dataset."""
-    return ml_collections.ConfigDict(dict(reward=reward, alpha=10.0, dataset=dataset))
+def rlev_section(reward: str = "human_aligned", dataset: str = "embedded", **fields) -> ml_collections.ConfigDict:
+    """The `rlev` method section: every field of the RLEV method's `RLEVConfig` (defaults, then `reward`,
+    `dataset` and `fields`), so each can be overridden with `--config.rlev.<field>=...`.
+
+    `reward`: human_aligned (the paper's s(x) = 1 + min(alpha * v, 1)) or an ablation (correctness, uniform,
+    random, multiplicative); `dataset`: embedded (offline exam set), rlev, webinstruct or a local path.
+    """
+    from jaxalign.methods.rlev import RLEVConfig
+
+    values = {**_defaults(RLEVConfig, ()), "reward": reward, "dataset": dataset, **fields}
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(RLEVConfig)})
+    if unknown:
+        raise ValueError(f"rlev_section: unknown field(s) {unknown}; RLEVConfig has no such fields")
+    return ml_collections.ConfigDict(values)

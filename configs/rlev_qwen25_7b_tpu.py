@@ -43,5 +43,7 @@ def get_config(arg=None):
     c.logging.samples_every = 10
     c.rewards.num_workers = 16
 
-    c.rlev = common.rlev_section(dataset="sarosavo/RLEV")
+    # "rlev" is the hub dataset sarosavo/RLEV (read from the local datasets cache); 0 = every row of the
+    # train and test splits. Another split name: --config.rlev.eval_split=...
+    c.rlev = common.rlev_section(dataset="rlev", num_train=0, num_eval=0)
     return c

@@ -21,15 +21,15 @@ def get_config(arg=None):
     c.rollout.max_prompt_len = 8
     c.rollout.max_new_tokens = 8
     c.optim.learning_rate = 1e-2
-    c.train.steps = 12
-    c.train.eval_every = 6
+    c.train.steps = 16
+    c.train.eval_every = 8
     c.train.eval_examples = 8
     c.checkpoint.every = 4
     c.checkpoint.async_save = False
-    c.logging.progress = False
+    c.logging.progress = True
     c.logging.tensorboard = False
     c.logging.report = False
     c.rewards.num_workers = 1
     c.rewards.timeout_s = 30.0
-    c.toy_token = ml_collections.ConfigDict(dict(target_below=64, num_train=64, num_eval=8, prompt_len=6))
+    c.toy_token = ml_collections.ConfigDict(dict(target_below=16, num_train=64, num_eval=8, prompt_len=6))
     return c

@@ -1,7 +1,7 @@
 """The `jaxalign` command: train, eval, export, sample, bench. Heavy modules load inside each subcommand.
 
     jaxalign train --config=configs/rlev_smollm2_demo.py[:arg] --config.rollout.max_new_tokens=32 --workdir=DIR
-    jaxalign eval --config=configs/rlev_smollm2_demo.py --workdir=DIR          (or --model SPEC instead of DIR)
+    jaxalign eval --workdir=DIR       (the run's saved config; or --config=... --model SPEC for a plain model)
     jaxalign export --workdir DIR --out HF_DIR
     jaxalign sample --model smollm2-135m-instruct --prompt "What is 12 + 7?" --max-new-tokens 32 --greedy
     jaxalign bench {rollout,train}
@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import pathlib
@@ -66,7 +67,13 @@ def cmd_eval(args, config_spec, overrides) -> int:
 
     if args.model:
         overrides = {**overrides, "model.spec": args.model}
-    config = _load_experiment(config_spec, overrides)
+    if config_spec is None and args.workdir:  # the run's own resolved config
+        from jaxalign.config import apply_overrides, from_config_dict
+        from jaxalign.train.restore import run_config_dict
+
+        config = from_config_dict(apply_overrides(run_config_dict(args.workdir), overrides))
+    else:
+        config = _load_experiment(config_spec, overrides)
     metrics = evaluate_checkpoint(config, args.workdir)
     print(json.dumps(metrics, indent=2, sort_keys=True))
     return 0
@@ -139,27 +146,31 @@ def cmd_bench(args, config_spec, overrides) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jaxalign", description="RL post-training for alignment in JAX.")
-    parser.add_argument("--log-level", default="INFO")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS,
+                        help="DEBUG, INFO (default), WARNING or ERROR; DEBUG also shows checkpointing internals")
+    parser = argparse.ArgumentParser(prog="jaxalign", description="RL post-training for alignment in JAX.",
+                                     parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
     config_help = "--config=configs/<name>.py[:arg] and --config.<section>.<field>=value overrides"
+    add_parser = functools.partial(sub.add_parser, parents=[common])
 
-    p = sub.add_parser("train", help="train (or resume) a run", description=config_help)
+    p = add_parser("train", help="train (or resume) a run", description=config_help)
     p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, report")
     p.set_defaults(fn=cmd_train)
 
-    p = sub.add_parser("eval", help="greedy eval of a checkpoint or model with the method's metrics",
+    p = add_parser("eval", help="greedy eval of a checkpoint or model with the method's metrics",
                        description=config_help)
-    p.add_argument("--workdir", help="evaluate this run's latest checkpoint")
+    p.add_argument("--workdir", help="evaluate this run's latest checkpoint (with its saved config unless --config)")
     p.add_argument("--model", help="or evaluate this model (HF dir, .gguf, smollm2-135m-instruct)")
     p.set_defaults(fn=cmd_eval)
 
-    p = sub.add_parser("export", help="write the policy of a run's latest checkpoint as an HF model")
+    p = add_parser("export", help="write the policy of a run's latest checkpoint as an HF model")
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(fn=cmd_export)
 
-    p = sub.add_parser("sample", help="sample completions from a model")
+    p = add_parser("sample", help="sample completions from a model")
     p.add_argument("--model", required=True, help="HF dir, .gguf path or smollm2-135m-instruct")
     group = p.add_mutually_exclusive_group(required=True)
     group.add_argument("--prompt")
@@ -174,11 +185,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_sample)
 
-    p = sub.add_parser("bench", help="rollout or train-step benchmarks")
+    p = add_parser("bench", help="rollout or train-step benchmarks")
     p.add_argument("which", choices=("rollout", "train"))
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
     return parser
+
+
+# Libraries whose INFO output (per-file checkpoint I/O, compiler notes) drowns the run's own messages.
+_CHATTY_LOGGERS = ("absl", "orbax", "jax._src")
+
+
+def _setup_logging(level_name: str, parser: argparse.ArgumentParser) -> None:
+    level = logging.getLevelName(level_name.upper())
+    if not isinstance(level, int):
+        parser.error(f"--log-level {level_name!r}: use DEBUG, INFO, WARNING or ERROR")
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger().setLevel(level)
+    if level > logging.DEBUG:
+        for name in _CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -191,7 +217,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as e:
         parser.error(str(e))
     args = parser.parse_args(rest)
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging(getattr(args, "log_level", "INFO"), parser)
     if (config_spec or overrides) and args.command not in ("train", "eval"):
         parser.error(f"--config is not an option of '{args.command}'")
     if args.command == "eval" and not (args.workdir or args.model):

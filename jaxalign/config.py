@@ -345,9 +345,13 @@ def _validate_names(config: ExperimentConfig) -> None:
     from jaxalign.methods.base import get_method
 
     try:
-        get_method(config.method)
+        method_cls = get_method(config.method)
     except ValueError as e:
         raise ConfigError(f"config.method: {e}") from None
+    try:  # constructing a method only parses its config section; data loads later, in load_data()
+        method_cls(config.method_config)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"config section '{config.method}': {e}") from None
     from jaxalign.algorithms.advantages import ESTIMATORS
 
     if config.algorithm.estimator not in ESTIMATORS:

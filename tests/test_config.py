@@ -72,3 +72,22 @@ def test_validation_errors_name_the_problem(overrides, num_devices, fragment):
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config_file("configs/no_such_config.py")
+
+
+def test_method_section_is_checked_when_the_config_loads():
+    cd = apply_overrides(load_config_file("configs/rlev_smollm2_demo.py"), {"rlev.reward": "bogus"})
+    with pytest.raises(ConfigError, match="config section 'rlev'.*unknown mode 'bogus'"):
+        from_config_dict(cd, num_devices=8)
+
+
+def test_rlev_section_lists_every_rlev_field_so_each_can_be_overridden():
+    import dataclasses
+
+    from jaxalign.methods.rlev import RLEVConfig
+
+    cd = load_config_file("configs/rlev_smollm2_demo.py")
+    assert set(cd.rlev.keys()) == {f.name for f in dataclasses.fields(RLEVConfig)}
+    cd = apply_overrides(cd, {"rlev.value_source": "weak", "rlev.eval_dataset": "exams/eval.jsonl"})
+    config = from_config_dict(cd, num_devices=8)
+    assert RLEVConfig.from_dict(config.method_config).value_source == "weak"
+    assert config.method_config.eval_dataset == "exams/eval.jsonl"

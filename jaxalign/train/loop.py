@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.config import ExperimentConfig
+from jaxalign.config import ConfigError, ExperimentConfig
 from jaxalign.train import batching, metrics as metrics_lib
 from jaxalign.train.checkpoint import Checkpointer, StopSignal, abstract_like
 
@@ -87,12 +87,39 @@ def _dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
 
 
-def _check_vocab(model_cfg, tokenizer) -> None:
+def check_vocab(model_cfg, tokenizer, spec: str = "") -> None:
+    """Raises `ConfigError` when the tokenizer can emit ids the model's embedding has no row for."""
     if tokenizer is not None and tokenizer.vocab_size > model_cfg.vocab_size:
-        raise ValueError(
-            f"the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding has only "
-            f"{model_cfg.vocab_size} rows: they do not belong together; load the tokenizer saved with this model"
+        raise ConfigError(
+            f"model {spec!r}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding has only "
+            f"{model_cfg.vocab_size} rows, so they do not belong together; use the tokenizer saved with this "
+            "model (put its files in the model directory)"
         )
+
+
+# Compiled functions per (graphdef, optimizer config, loss config, mesh): a second run in the same process
+# (resume, eval, export, tests) reuses them instead of compiling again. The functions are pure, so sharing
+# them between runs is safe; a few entries bound the memory they hold.
+_COMPILED: dict[Any, tuple[Any, Callable, Callable]] = {}
+_COMPILED_MAX = 4
+
+
+def _compiled_functions(graphdef, optim_cfg, loss_cfg, mesh):
+    from jaxalign.train.state import make_optimizer
+    from jaxalign.train.step import make_logprob_fn, make_train_step
+
+    key = (graphdef, optim_cfg, loss_cfg, mesh)
+    if key not in _COMPILED:
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.pop(next(iter(_COMPILED)))
+        optimizer = make_optimizer(optim_cfg)
+        _COMPILED[key] = (
+            optimizer,
+            make_train_step(graphdef, optimizer, loss_cfg, mesh=mesh),
+            make_logprob_fn(graphdef, temperature=loss_cfg.temperature, chunk_size=loss_cfg.logprob_chunk_size,
+                            mesh=mesh),
+        )
+    return _COMPILED[key]
 
 
 def build_agent(config: ExperimentConfig, mesh, name: str = "policy") -> tuple[Agent, Any, Any]:
@@ -101,26 +128,21 @@ def build_agent(config: ExperimentConfig, mesh, name: str = "policy") -> tuple[A
 
     from jaxalign.models import load_model
     from jaxalign.rollout import Sampler
-    from jaxalign.train.state import init_train_state, make_optimizer
-    from jaxalign.train.step import make_logprob_fn, make_train_step
+    from jaxalign.train.state import init_train_state
 
     model, tokenizer = load_model(
         config.model.spec, mesh=mesh, role="train",
         param_dtype=_dtype(config.model.param_dtype), dtype=_dtype(config.model.dtype),
     )
-    _check_vocab(model.cfg, tokenizer)
+    check_vocab(model.cfg, tokenizer, config.model.spec)
     graphdef, params = nnx.split(model)
     loss_cfg = config.algorithm.loss_config(config.rollout.temperature)
-    optimizer = make_optimizer(config.optim.optim_config())
+    optimizer, train_step, logprob_fn = _compiled_functions(graphdef, config.optim.optim_config(), loss_cfg, mesh)
     state = init_train_state(params, optimizer)
     ref_params = jax.tree.map(jnp.copy, params) if config.algorithm.needs_reference else None
     sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=config.rollout.max_prompt_len)
-    agent = Agent(
-        name=name, graphdef=graphdef, state=state, ref_params=ref_params, sampler=sampler,
-        train_step=make_train_step(graphdef, optimizer, loss_cfg, mesh=mesh),
-        logprob_fn=make_logprob_fn(graphdef, temperature=config.rollout.temperature,
-                                   chunk_size=loss_cfg.logprob_chunk_size, mesh=mesh),
-    )
+    agent = Agent(name=name, graphdef=graphdef, state=state, ref_params=ref_params, sampler=sampler,
+                  train_step=train_step, logprob_fn=logprob_fn)
     return agent, tokenizer, model.cfg
 
 
@@ -219,6 +241,8 @@ def collect_rollouts(config, method, agent, tokenizer, pool, stream, train_examp
         rollout = agent.sampler.generate(prompt_ids, sp, jax.random.fold_in(key, attempt))
         ex_n = [examples[i // n] for i in range(len(examples) * n)]
         _, rewards_n, components, ok_n = score(method, pool, _texts(rollout, tokenizer), ex_n)
+        # A non-finite reward is a failed sample like a failed feature: no loss, no effect on its baseline.
+        ok_n = ok_n & np.isfinite(rewards_n)
         rewards_n = batching.fill_failed_rewards(rewards_n, ok_n, n)
         parts.append(rollout)
         examples_n += ex_n
@@ -339,12 +363,15 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
     is_main = jax.process_index() == 0
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     method = get_method(config.method)(config.method_config)
-    train_examples, eval_examples = method.load_data()
-    data_report = getattr(method, "data_report", None)
-    if data_report:
-        log.warning("dataset: %s", data_report)
     agent, tokenizer, model_cfg = build_agent(config, mesh)
     agents = [agent]
+    attach_sampler = getattr(method, "attach_sampler", None)
+    if callable(attach_sampler):  # methods that need a model at data time (e.g. predicted values)
+        attach_sampler(agent.sampler)
+    train_examples, eval_examples = method.load_data()
+    data_report = getattr(method, "data_report", None)
+    if data_report and is_main:
+        log.info("dataset: %s", data_report)
     num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(agent.state.params))
     encode = _encoder(method, tokenizer)
     counters = batching.PromptCounters()

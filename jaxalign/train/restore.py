@@ -10,12 +10,19 @@ import ml_collections
 from jaxalign.config import ConfigError, ExperimentConfig, from_config_dict
 
 
-def run_config(workdir: str | pathlib.Path) -> ExperimentConfig:
-    """The resolved config a run saved in `<workdir>/config.json`."""
+def run_config_dict(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
+    """The resolved config a run saved in `<workdir>/config.json`, as a locked ConfigDict."""
     path = pathlib.Path(workdir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: {workdir} is not a jaxalign run directory")
-    return from_config_dict(ml_collections.ConfigDict(json.loads(path.read_text())))
+    cd = ml_collections.ConfigDict(json.loads(path.read_text()))
+    cd.lock()
+    return cd
+
+
+def run_config(workdir: str | pathlib.Path) -> ExperimentConfig:
+    """The resolved, validated config a run saved in `<workdir>/config.json`."""
+    return from_config_dict(run_config_dict(workdir))
 
 
 def _restored_agent(config: ExperimentConfig, workdir: str | pathlib.Path | None):
@@ -31,10 +38,8 @@ def _restored_agent(config: ExperimentConfig, workdir: str | pathlib.Path | None
         ckpt.close()
         if restored is None:
             raise ConfigError(f"{workdir} has no readable checkpoint")
-        agent.state = agent.state.replace(params=restored[1]["agents"][0]["params"]) if hasattr(
-            agent.state, "replace") else type(agent.state)(
-            step=restored[1]["agents"][0]["step"], params=restored[1]["agents"][0]["params"],
-            opt_state=agent.state.opt_state)
+        saved = restored[1]["agents"][0]
+        agent.state = agent.state.replace(step=saved["step"], params=saved["params"], opt_state=saved["opt_state"])
         agent.sampler.update_params(agent.state.params)
     return agent, tokenizer
 

@@ -5,7 +5,14 @@ feature function the response as space-separated token ids when there is no toke
 fraction of response tokens whose id is below `target_below`, a task any policy learns in a few steps, so a
 rising reward shows that sampling, advantages, the update and the weight sync are all wired correctly.
 
-Config section `toy_token`: `target_below`, `num_train`, `num_eval`, `prompt_len`, optional `seed`.
+The target ids are a small slice at the bottom of the vocabulary and the prompt ids come from a disjoint
+range above it (`prompt_id_range`), so an untrained model scores low: sampling hits a target about
+`target_below / vocab_size` of the time, and greedy decoding of a random model with tied embeddings mostly
+echoes prompt tokens, which are never targets.
+
+Config section `toy_token`: `target_below`, `num_train`, `num_eval`, `prompt_len`, optional
+`prompt_id_range` (a [low, high) pair; default (128, 256), which needs a vocabulary of at least 256) and
+`seed`.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import numpy as np
 
 from jaxalign.methods.base import METHODS, Example, Method, register
 
-PROMPT_ID_RANGE = (1, 64)
+PROMPT_ID_RANGE = (128, 256)
 
 
 def token_features(text: str, example: Mapping[str, Any]) -> dict[str, float]:
@@ -35,10 +42,17 @@ class ToyTokenMethod(Method):
         rng = np.random.default_rng(seed)
         length = int(self.config.get("prompt_len", 6))
         target = int(self.config.get("target_below", 16))
+        low, high = (int(x) for x in self.config.get("prompt_id_range", PROMPT_ID_RANGE))
+        if not target <= low < high:
+            raise ValueError(
+                f"toy_token.prompt_id_range=({low}, {high}) must be a non-empty range at or above "
+                f"target_below={target}, so prompts never contain target tokens; raise the range or lower "
+                "target_below"
+            )
         return [
             {
                 "prompt": f"toy-{seed}-{i}",
-                "prompt_ids": rng.integers(*PROMPT_ID_RANGE, size=length).tolist(),
+                "prompt_ids": rng.integers(low, high, size=length).tolist(),
                 "target_below": target,
             }
             for i in range(count)
