@@ -161,11 +161,14 @@ def _encoder(method, tokenizer) -> Callable[[dict], list[int]]:
 
 
 def _texts(rollout, tokenizer) -> list[str]:
+    """Response texts as the reward sees them: decoded text, or space-separated token ids without a
+    tokenizer. `rollout` is a `Rollout` or the loop's merged dict of its fields."""
+    get = rollout.__getitem__ if isinstance(rollout, dict) else functools.partial(getattr, rollout)
     if tokenizer is not None:
-        return list(rollout.texts)
+        return list(get("texts"))
     return [
         " ".join(str(int(t)) for t in ids[mask.astype(bool)])
-        for ids, mask in zip(rollout.response_ids_np, rollout.response_mask_np)
+        for ids, mask in zip(get("response_ids_np"), get("response_mask_np"))
     ]
 
 
@@ -450,8 +453,9 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
                     trained = int(seqs.valid_nt.sum())
                     forward = trained * (int(config.algorithm.recompute_old_logprobs) + int(a.ref_params is not None))
                     if step % max(config.logging.samples_every, 1) == 0:
+                        texts = _texts(rollout, tokenizer)
                         writer.write_samples(step, [
-                            {"prompt": examples_n[i].get("prompt", ""), "response": rollout["texts"][i],
+                            {"prompt": examples_n[i].get("prompt", ""), "response": texts[i],
                              "reward": float(rewards_n[i])}
                             for i in range(min(config.logging.samples_per_log, len(examples_n)))
                         ])
