@@ -18,6 +18,10 @@ equals the full-batch gradient for every aggregation mode, micro-batch count and
 With a mesh, the state keeps the shardings it was created with (parameters per the sharding rules, optimizer
 moments like their parameters), the batch is split over ("data", "fsdp") along b, and the state's buffers are
 donated: the state passed in must not be used again.
+
+The pieces are shared with the critic updates (`jaxalign.train.critic`): `accumulate_gradients` (the scan
+over micro-batches), `apply_gradients` (one optimizer update), `check_batch_keys` and `jit_step` (shardings
+and donation).
 """
 
 from __future__ import annotations
@@ -54,7 +58,8 @@ def _logprobs(graphdef, params, tokens_bt, valid_bt, positions_bt, temperature, 
     )
 
 
-def _empty_metric_sums() -> dict[str, jax.Array]:
+def empty_metric_sums() -> dict[str, jax.Array]:
+    """The identity of `combine_metrics` for the policy objective's metric sums."""
     big = jnp.finfo(jnp.float32).max
     sums = {k: jnp.zeros((), jnp.float32) for k in METRIC_SUMS}
     sums.update({k: jnp.full((), -big, jnp.float32) for k in METRIC_MAXES})
@@ -62,23 +67,58 @@ def _empty_metric_sums() -> dict[str, jax.Array]:
     return sums
 
 
-def _check_batch(batch: Mapping[str, Any], loss_cfg: LossConfig, has_ref_params: bool) -> None:
-    missing = [k for k in REQUIRED_KEYS if k not in batch]
+def check_batch_keys(batch: Mapping[str, Any], required: tuple[str, ...], optional: tuple[str, ...],
+                     what: str = "train") -> None:
+    """Raises ValueError unless `batch` has every `required` key, no key outside `required + optional`,
+    and all arrays share one [micro_batches, batch, time] shape."""
+    missing = [k for k in required if k not in batch]
     if missing:
-        raise ValueError(f"train batch is missing {missing}; required keys: {REQUIRED_KEYS}")
-    unknown = [k for k in batch if k not in REQUIRED_KEYS + OPTIONAL_KEYS]
+        raise ValueError(f"{what} batch is missing {missing}; required keys: {required}")
+    unknown = [k for k in batch if k not in required + optional]
     if unknown:
-        raise ValueError(f"train batch has unknown keys {unknown}; allowed: {REQUIRED_KEYS + OPTIONAL_KEYS}")
+        raise ValueError(f"{what} batch has unknown keys {unknown}; allowed: {required + optional}")
     shape = batch["tokens"].shape
     if len(shape) != 3:
-        raise ValueError(f"train batch arrays must be [micro_batches, batch, time], tokens has shape {shape}")
+        raise ValueError(f"{what} batch arrays must be [micro_batches, batch, time], tokens has shape {shape}")
     for key, value in batch.items():
         if value.shape != shape:
             raise ValueError(f"batch[{key!r}] has shape {value.shape}, expected {shape} like 'tokens'")
+
+
+def _check_batch(batch: Mapping[str, Any], loss_cfg: LossConfig, has_ref_params: bool) -> None:
+    check_batch_keys(batch, REQUIRED_KEYS, OPTIONAL_KEYS)
     if loss_cfg.kl_in_loss and "ref_logp" not in batch and not has_ref_params:
         raise ValueError("kl_in='loss' needs batch['ref_logp'] or ref_params")
     if loss_cfg.tis_cap is not None and "sampler_logp" not in batch:
         raise ValueError("tis_cap is set: the batch needs 'sampler_logp'")
+
+
+def accumulate_gradients(
+    grad_fn: Callable[[Any, dict[str, jax.Array]], tuple[tuple[jax.Array, dict], Any]],
+    params: Any,
+    batch: Mapping[str, jax.Array],
+    init_sums: dict[str, jax.Array],
+    combine: Callable[[dict, dict], dict] = combine_metrics,
+) -> tuple[Any, dict[str, jax.Array]]:
+    """Sums `grad_fn(params, micro) -> ((loss, sums), grads)` over the leading micro-batch axis of `batch`
+    with `lax.scan`: returns `(summed grads, combined sums)`. With per-token weights normalised over the
+    whole mini-batch, the summed gradient is the full-batch gradient for any micro-batch count."""
+
+    def body(carry, micro):
+        grads_acc, sums_acc = carry
+        (_, sums), grads = grad_fn(params, micro)
+        return (jax.tree.map(jnp.add, grads_acc, grads), combine(sums_acc, sums)), None
+
+    zeros = jax.tree.map(jnp.zeros_like, params)
+    (grads, sums), _ = jax.lax.scan(body, (zeros, init_sums), dict(batch))
+    return grads, sums
+
+
+def apply_gradients(optimizer: optax.GradientTransformation, state: TrainState, grads: Any) -> TrainState:
+    """One optimizer update of `state` with (accumulated) `grads`; increments `state.step`."""
+    updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state)
 
 
 def make_train_step(
@@ -127,19 +167,12 @@ def make_train_step(
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
     def step(state: TrainState, batch: dict[str, jax.Array], ref_params):
-        def accumulate(carry, micro):
-            grads_acc, sums_acc = carry
-            (_, sums), grads = grad_fn(state.params, micro, ref_params)
-            grads_acc = jax.tree.map(jnp.add, grads_acc, grads)
-            return (grads_acc, combine_metrics(sums_acc, sums)), None
-
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        (grads, sums), _ = jax.lax.scan(accumulate, (zeros, _empty_metric_sums()), batch)
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        grads, sums = accumulate_gradients(
+            lambda params, micro: grad_fn(params, micro, ref_params), state.params, batch, empty_metric_sums()
+        )
         metrics = finalize_metrics(sums)
         metrics["grad_norm"] = optax.global_norm(grads)
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        return apply_gradients(optimizer, state, grads), metrics
 
     compiled: dict[Any, Callable] = {}
 
@@ -149,13 +182,18 @@ def make_train_step(
             ref_params = None  # not needed: keep it out of the compiled program
         key = (tuple(sorted(batch)), ref_params is None)
         if key not in compiled:
-            compiled[key] = _jit_step(step, state, batch, ref_params, mesh)
+            compiled[key] = jit_step(step, state, batch, ref_params, mesh)
         return compiled[key](state, dict(batch), ref_params)
 
     return train_step
 
 
-def _jit_step(step, state, batch, ref_params, mesh):
+def jit_step(step: Callable, state: TrainState, batch: Mapping[str, Any], extra: Any, mesh: Mesh | None
+             ) -> Callable:
+    """Jits `step(state, batch, extra) -> (state, metrics)` with the state donated. With a mesh: the state
+    keeps its own shardings (in and out), the [m, b, t] batch is split over ("data", "fsdp") along b,
+    `extra` (None or a params pytree, e.g. the reference) keeps its shardings, metrics come out replicated.
+    """
     if mesh is None:
         return jax.jit(step, donate_argnums=0)
     data_size = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -164,11 +202,11 @@ def _jit_step(step, state, batch, ref_params, mesh):
         raise ValueError(f"micro-batch size {b} is not divisible by the data x fsdp mesh size {data_size}")
     state_sh = state_shardings(state)
     batch_sh = {k: NamedSharding(mesh, PartitionSpec(None, BATCH_AXES)) for k in batch}
-    ref_sh = None if ref_params is None else jax.tree.map(lambda x: x.sharding, ref_params)
+    extra_sh = None if extra is None else jax.tree.map(lambda x: x.sharding, extra)
     replicated = NamedSharding(mesh, PartitionSpec())
     return jax.jit(
         step,
-        in_shardings=(state_sh, batch_sh, ref_sh),
+        in_shardings=(state_sh, batch_sh, extra_sh),
         out_shardings=(state_sh, replicated),
         donate_argnums=0,
     )
