@@ -141,3 +141,19 @@ def test_toy_prompts_never_contain_targets_and_bad_ranges_fail():
     assert min(min(e["prompt_ids"]) for e in train) >= 16
     with pytest.raises(ValueError, match="prompt_id_range"):
         ToyTokenMethod({"target_below": 16, "prompt_id_range": (8, 64)}).load_data()
+
+
+@pytest.mark.parametrize("environ, expected", [
+    ({}, None),
+    ({"TPU_WORKER_HOSTNAMES": "localhost"}, None),
+    ({"TPU_WORKER_HOSTNAMES": "10.0.0.1,10.0.0.2"}, {}),
+    ({"SLURM_NTASKS": "1"}, None),
+    ({"SLURM_NTASKS": "4"}, {}),
+    ({"OMPI_COMM_WORLD_SIZE": "2"}, {}),
+    ({"JAXALIGN_DISTRIBUTED": "1"}, {}),
+    ({"JAXALIGN_DISTRIBUTED": "0", "SLURM_NTASKS": "4"}, None),
+    ({"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": "1"},
+     {"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}),
+])
+def test_distributed_detection(environ, expected):
+    assert loop.distributed_init_kwargs(environ) == expected

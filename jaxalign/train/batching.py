@@ -198,3 +198,8 @@ def split_minibatches(num_samples: int, mini_batches: int, seed: int, step: int,
 def to_micro_batches(array_n: np.ndarray, micro_batches: int) -> np.ndarray:
     """[n, ...] -> [micro_batches, n // micro_batches, ...]."""
     return array_n.reshape(micro_batches, array_n.shape[0] // micro_batches, *array_n.shape[1:])
+
+
+def positions_np(valid_nt: np.ndarray) -> np.ndarray:
+    """Position ids counting valid tokens only (the model's `positions_from_mask`, on the host)."""
+    return np.maximum(np.cumsum(valid_nt.astype(np.int32), axis=-1) - 1, 0).astype(np.int32)

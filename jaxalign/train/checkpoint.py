@@ -9,7 +9,7 @@ PRNG seed info, anything else the loop needs to resume) and `config` (JSON of th
 from __future__ import annotations
 
 import logging
-import pathlib
+import os
 import signal
 import threading
 from typing import Any, Mapping
@@ -17,15 +17,27 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 log = logging.getLogger(__name__)
+
+
+def workdir_path(workdir: str | os.PathLike) -> epath.Path:
+    """A run directory as a path object for local directories (made absolute) and object-store URLs
+    (`gs://bucket/dir`, needs `gcsfs`); every file of a run is written through it."""
+    text = os.fspath(workdir)
+    return epath.Path(text if "://" in text else os.path.abspath(text))
+
+
+def is_local(path: str | os.PathLike) -> bool:
+    return "://" not in os.fspath(path)
 
 
 class Checkpointer:
     """Saves and restores `(state pytree, meta dict)` pairs under `<workdir>/checkpoints`."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, keep: int = 3, async_save: bool = True):
-        self.directory = pathlib.Path(workdir).absolute() / "checkpoints"
+    def __init__(self, workdir: str | os.PathLike, *, keep: int = 3, async_save: bool = True):
+        self.directory = workdir_path(workdir) / "checkpoints"
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep, create=True, enable_async_checkpointing=async_save
         )

@@ -25,8 +25,6 @@ import functools
 import logging
 import math
 import os
-import pathlib
-import time
 from typing import Any, Callable
 
 import jax
@@ -35,7 +33,7 @@ import numpy as np
 
 from jaxalign.config import ConfigError, ExperimentConfig
 from jaxalign.train import batching, metrics as metrics_lib
-from jaxalign.train.checkpoint import Checkpointer, StopSignal, abstract_like
+from jaxalign.train.checkpoint import Checkpointer, StopSignal, abstract_like, workdir_path
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +60,7 @@ class Agent:
 
 @dataclasses.dataclass
 class RunResult:
-    workdir: pathlib.Path
+    workdir: Any  # etils.epath.Path
     final_step: int
     history: list[dict]
     eval_before: dict[str, float]
@@ -70,16 +68,39 @@ class RunResult:
     stopped_early: bool
 
 
+def distributed_init_kwargs(environ=None) -> dict | None:
+    """Arguments for `jax.distributed.initialize()` when this is one of several processes, else None.
+
+    `JAXALIGN_DISTRIBUTED=1` forces initialisation (the TPU launcher sets it: JAX then finds the slice's
+    hosts itself), `=0` disables it. `JAX_COORDINATOR_ADDRESS` (+ `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`)
+    gives an explicit coordinator (multi-node GPU); SLURM and Open MPI jobs with several tasks and TPU VMs
+    with several worker hosts are detected from their environment.
+    """
+    env = os.environ if environ is None else environ
+    flag = env.get("JAXALIGN_DISTRIBUTED", "auto").strip().lower()
+    if flag in ("0", "false", "no"):
+        return None
+    kwargs: dict = {}
+    if env.get("JAX_COORDINATOR_ADDRESS"):
+        kwargs["coordinator_address"] = env["JAX_COORDINATOR_ADDRESS"]
+        for name, key in (("JAX_NUM_PROCESSES", "num_processes"), ("JAX_PROCESS_ID", "process_id")):
+            if env.get(name):
+                kwargs[key] = int(env[name])
+    multi = (
+        flag in ("1", "true", "yes") or bool(kwargs)
+        or "," in env.get("TPU_WORKER_HOSTNAMES", "")
+        or int(env.get("SLURM_NTASKS", "1")) > 1
+        or int(env.get("OMPI_COMM_WORLD_SIZE", "1")) > 1
+    )
+    return kwargs if multi else None
+
+
 def maybe_initialize_distributed() -> None:
-    """Calls `jax.distributed.initialize()` when launched as one of several processes."""
-    markers = ("JAX_COORDINATOR_ADDRESS", "TPU_WORKER_HOSTNAMES", "SLURM_NTASKS", "OMPI_COMM_WORLD_SIZE")
-    multi = any(os.environ.get(m) for m in markers)
-    if os.environ.get("TPU_WORKER_HOSTNAMES", "localhost").count(",") == 0 and not os.environ.get(
-        "JAX_COORDINATOR_ADDRESS"
-    ) and int(os.environ.get("SLURM_NTASKS", "1")) <= 1 and int(os.environ.get("OMPI_COMM_WORLD_SIZE", "1")) <= 1:
-        multi = False
-    if multi and not jax.distributed.is_initialized():
-        jax.distributed.initialize()
+    """Calls `jax.distributed.initialize()` when launched as one of several processes (see
+    `distributed_init_kwargs`); a no-op for a single process or when already initialised."""
+    kwargs = distributed_init_kwargs()
+    if kwargs is not None and not jax.distributed.is_initialized():
+        jax.distributed.initialize(**kwargs)
         log.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
 
 
@@ -277,7 +298,7 @@ def _batch_for_estimator(config, agent, seqs, rewards_n, group_ids_n, mesh, time
     """Old and reference log-probs and per-token advantages for the whole step batch (global arrays)."""
     tokens = _global(seqs.tokens_nt, mesh, 0)
     valid = _global(seqs.valid_nt.astype(bool), mesh, 0)
-    positions = _global(positions_np(seqs.valid_nt), mesh, 0)
+    positions = _global(batching.positions_np(seqs.valid_nt), mesh, 0)
     if config.algorithm.recompute_old_logprobs:
         with timer("old_logprobs"):
             old_logp, _ = agent.logprob_fn(agent.state.params, tokens, valid, positions)
@@ -310,7 +331,7 @@ def update(config, agent, seqs, old_logp, ref_logp, advantages, step: int, mesh)
 
     a, loss_cfg = config.algorithm, config.algorithm.loss_config(config.rollout.temperature)
     host = {
-        "tokens": seqs.tokens_nt, "valid": seqs.valid_nt.astype(bool), "positions": positions_np(seqs.valid_nt),
+        "tokens": seqs.tokens_nt, "valid": seqs.valid_nt.astype(bool), "positions": batching.positions_np(seqs.valid_nt),
         "loss_mask": seqs.loss_mask_nt, "old_logp": np.asarray(old_logp), "advantages": np.asarray(advantages),
     }
     if loss_cfg.tis_cap is not None:
@@ -335,19 +356,6 @@ def update(config, agent, seqs, old_logp, ref_logp, advantages, step: int, mesh)
     return out
 
 
-def positions_np(valid_nt: np.ndarray) -> np.ndarray:
-    """Position ids counting valid tokens only (the model's `positions_from_mask`, on the host)."""
-    return np.maximum(np.cumsum(valid_nt.astype(np.int32), axis=-1) - 1, 0).astype(np.int32)
-
-
-def _mean_metrics(records: list[dict]) -> dict[str, float]:
-    return {f"loss/{k}": float(np.mean([r[k] for r in records])) for k in records[0]} if records else {}
-
-
-def _flops(num_params: int, trained_tokens: int, forward_tokens: int) -> float:
-    return 6.0 * num_params * trained_tokens + 2.0 * num_params * forward_tokens
-
-
 def _state_tree(agents: list[Agent]) -> dict:
     return {"agents": [{"params": a.state.params, "opt_state": a.state.opt_state, "step": a.state.step}
                        for a in agents]}
@@ -362,7 +370,7 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
     from jaxalign.train import toy_task as _toy  # noqa: F401
 
     maybe_initialize_distributed()
-    workdir = pathlib.Path(workdir)
+    workdir = workdir_path(workdir)  # a local directory or gs://bucket/dir
     is_main = jax.process_index() == 0
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     method = get_method(config.method)(config.method_config)
@@ -443,7 +451,7 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
                         record["time/weight_sync_reported_s"] = float(a.sampler.update_params(a.state.params))
                     lengths = rollout["lengths_n"]
                     record.update(stats)
-                    record.update(_mean_metrics(updates))
+                    record.update(metrics_lib.mean_update_metrics(updates))
                     record.update({
                         "reward/mean": float(rewards_n.mean()), "reward/std": float(rewards_n.std()),
                         "response/length_mean": float(lengths.mean()),
@@ -464,7 +472,7 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
                 record.update(timer.metrics())
                 record.update(metrics_lib.throughput_metrics(
                     tokens=trained, step_seconds=record["time/step_s"], num_devices=jax.device_count(),
-                    train_flops=_flops(num_params, trained * config.algorithm.epochs, forward),
+                    train_flops=metrics_lib.model_flops(num_params, trained * config.algorithm.epochs, forward),
                     device_kind=jax.devices()[0].device_kind,
                 ))
                 writer.write(step, record)

@@ -7,11 +7,14 @@ Only process 0 writes files; every process may time phases.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
-import pathlib
+import os
 import time
 from typing import Any, Iterable, Mapping
+
+from jaxalign.train.checkpoint import is_local, workdir_path
 
 # bf16 dense peak FLOP/s per device, for MFU. Unknown devices (e.g. CPU) report no MFU.
 PEAK_FLOPS = {
@@ -74,6 +77,16 @@ def throughput_metrics(
     return out
 
 
+def model_flops(num_params: int, trained_tokens: int, forward_tokens: int) -> float:
+    """FLOPs of the model passes of a step: 6N per trained token, 2N per token of a forward-only pass."""
+    return 6.0 * num_params * trained_tokens + 2.0 * num_params * forward_tokens
+
+
+def mean_update_metrics(records: list[Mapping[str, float]]) -> dict[str, float]:
+    """The mean over a step's updates (epochs x mini-batches) of each train-step metric, as `loss/<name>`."""
+    return {f"loss/{k}": float(sum(r[k] for r in records) / len(records)) for k in records[0]} if records else {}
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -81,8 +94,8 @@ def _is_number(value: Any) -> bool:
 class MetricsWriter:
     """Appends per-step metrics to `metrics.jsonl` (+ TensorBoard) and samples to `samples.jsonl`."""
 
-    def __init__(self, workdir: str | pathlib.Path, *, tensorboard: bool = True, enabled: bool = True):
-        self.workdir = pathlib.Path(workdir)
+    def __init__(self, workdir: str | os.PathLike, *, tensorboard: bool = True, enabled: bool = True):
+        self.workdir = workdir_path(workdir)
         self.enabled = enabled
         self._tb = None
         if enabled:
@@ -96,8 +109,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         record = {"step": step, "kind": kind, **{k: _jsonable(v) for k, v in metrics.items()}}
-        with open(self.workdir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(record) + "\n")
+        _append(self.workdir / "metrics.jsonl", json.dumps(record) + "\n")
         if self._tb is not None:
             for key, value in metrics.items():
                 if _is_number(value) and math.isfinite(value):
@@ -107,13 +119,21 @@ class MetricsWriter:
     def write_samples(self, step: int, samples: Iterable[Mapping[str, Any]]) -> None:
         if not self.enabled:
             return
-        with open(self.workdir / "samples.jsonl", "a") as f:
-            for sample in samples:
-                f.write(json.dumps({"step": step, **{k: _jsonable(v) for k, v in sample.items()}}) + "\n")
+        _append(self.workdir / "samples.jsonl", "".join(
+            json.dumps({"step": step, **{k: _jsonable(v) for k, v in sample.items()}}) + "\n" for sample in samples))
 
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def _append(path, text: str) -> None:
+    """Appends to a file; object stores cannot append, so there the file is rewritten whole."""
+    if is_local(path):
+        with open(os.fspath(path), "a") as f:
+            f.write(text)
+    else:
+        path.write_text((path.read_text() if path.exists() else "") + text)
 
 
 def _jsonable(value: Any) -> Any:
@@ -124,9 +144,9 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
+def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     """All records of `metrics.jsonl`; records of steps after a resume point replace earlier duplicates."""
-    path = pathlib.Path(workdir) / "metrics.jsonl"
+    path = workdir_path(workdir) / "metrics.jsonl"
     if not path.exists():
         return []
     latest: dict[tuple[str, int], dict] = {}
@@ -137,9 +157,9 @@ def read_metrics(workdir: str | pathlib.Path) -> list[dict]:
     return sorted(latest.values(), key=lambda r: (r["step"], r["kind"]))
 
 
-def truncate_metrics(workdir: str | pathlib.Path, after_step: int) -> None:
+def truncate_metrics(workdir: str | os.PathLike, after_step: int) -> None:
     """Drops train records past `after_step` (written after the checkpoint we resume from)."""
-    path = pathlib.Path(workdir) / "metrics.jsonl"
+    path = workdir_path(workdir) / "metrics.jsonl"
     if not path.exists():
         return
     kept = [
@@ -188,7 +208,7 @@ def eval_table(before: Mapping[str, float], after: Mapping[str, float]) -> str:
 REPORT_CURVES = ("reward/mean", "loss/kl", "loss/policy", "response/length_mean", "perf/tokens_per_s", "rollout/failed")
 
 
-def write_report(workdir: str | pathlib.Path, title: str = "") -> pathlib.Path | None:
+def write_report(workdir: str | os.PathLike, title: str = ""):
     """Draws reward and key metric curves plus the eval table into `<workdir>/report.png`."""
     import matplotlib
 
@@ -224,7 +244,9 @@ def write_report(workdir: str | pathlib.Path, title: str = "") -> pathlib.Path |
     if title:
         fig.suptitle(title)
     fig.tight_layout()
-    out = pathlib.Path(workdir) / "report.png"
-    fig.savefig(out, dpi=110)
+    out = workdir_path(workdir) / "report.png"
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)
+    out.write_bytes(buffer.getvalue())
     return out

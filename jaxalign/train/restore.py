@@ -12,7 +12,9 @@ from jaxalign.config import ConfigError, ExperimentConfig, from_config_dict
 
 def run_config_dict(workdir: str | pathlib.Path) -> ml_collections.ConfigDict:
     """The resolved config a run saved in `<workdir>/config.json`, as a locked ConfigDict."""
-    path = pathlib.Path(workdir) / "config.json"
+    from jaxalign.train.checkpoint import workdir_path
+
+    path = workdir_path(workdir) / "config.json"
     if not path.is_file():
         raise ConfigError(f"{path} does not exist: {workdir} is not a jaxalign run directory")
     cd = ml_collections.ConfigDict(json.loads(path.read_text()))
