@@ -39,6 +39,14 @@ ESTIMATOR_PRESETS = {
     "grpo_nokl": dict(
         estimator="grpo", advantage=dict(std_normalization="none"), loss=dict(kl_in="none")
     ),
+    # PPO with a learned critic: GAE(gamma = lambda = 1) advantages whitened over the batch, PPO-clip with a
+    # clipped value loss. Needs a `critic` section (`critic_section()`); one sample per prompt is enough.
+    "gae": dict(
+        estimator="gae",
+        advantage=dict(gamma=1.0, lam=1.0, whiten=True, kl_coef=0.0),
+        loss=dict(policy_loss="ppo_clip", clip_low=0.2, clip_high=0.2, kl_in="none", aggregation="token_mean",
+                  value_clip=0.5, value_coef=0.5),
+    ),
 }
 
 
@@ -106,12 +114,30 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def set_estimator(c: ml_collections.ConfigDict, name: str) -> None:
-    """Replaces the estimator and its advantage/loss sections with the named preset."""
+    """Replaces the estimator and its advantage/loss sections with the named preset; a "gae" preset also
+    adds a default `critic` section when the config has none."""
     preset = estimator_preset(name)
     with c.algorithm.ignore_type():
         c.algorithm.estimator = preset.estimator
         c.algorithm.advantage = preset.advantage
         c.algorithm.loss = preset.loss
+    if preset.estimator == "gae" and "critic" not in c:
+        c.critic = critic_section()
+
+
+def critic_section(mode: str = "separate", *, head_init_std: float = 0.0, critic_warmup_steps: int = 0,
+                   **optim) -> ml_collections.ConfigDict:
+    """The `critic` section of a gae run (fields of `jaxalign.config.CriticSpec`).
+
+    `mode`: "separate" (own value model and optimizer) or "shared" (value head on the policy's trunk,
+    trained by the policy's optimizer with weight `algorithm.loss.value_coef`). `optim` fields (e.g.
+    `learning_rate=1e-5`) override the policy's `optim` for a separate critic (fields not given take the
+    policy's values); the section always lists `learning_rate` (default 1e-6), so it can be overridden from
+    the command line.
+    """
+    optim = {"learning_rate": 1e-6, **optim}
+    return ml_collections.ConfigDict(dict(mode=mode, head_init_std=head_init_std,
+                                          critic_warmup_steps=critic_warmup_steps, optim=optim))
 
 
 def rlev_section(reward: str = "human_aligned", dataset: str = "embedded", **fields) -> ml_collections.ConfigDict:

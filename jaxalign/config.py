@@ -15,6 +15,7 @@ Sections of the ConfigDict (see `configs/common.py` for defaults):
   checkpoint every, keep, async_save
   logging    progress, tensorboard, samples_every, report
   rewards    num_workers, timeout_s
+  critic     mode, head_init_std, optim{...}, critic_warmup_steps   (PPO with a learned critic, estimator gae)
   <method>   the method's own section, passed through untouched (e.g. `rlev`)
 """
 
@@ -159,6 +160,39 @@ class RewardSpec:
     timeout_s: float = 30.0
 
 
+CRITIC_MODES = ("separate", "shared")
+# Estimators whose advantage compares a sample with the other samples of its prompt's group: with one
+# sample per prompt every advantage is 0.
+GROUP_ESTIMATORS = ("grpo", "dr_grpo", "rloo", "reinforce_pp_baseline")
+
+
+@dataclasses.dataclass(frozen=True)
+class CriticSpec:
+    """The learned critic of `algorithm.estimator="gae"` (PPO).
+
+    Attributes:
+      mode: "separate" (a `ValueModel` initialised from the policy's weights, with its own optimizer and
+        update) or "shared" (a value head on the policy's trunk, trained with the policy in one update of
+        `policy_loss + loss.value_coef * value_loss` by the policy's `optim`).
+      head_init_std: spread of the value head's initial outputs (0: every initial value is 0).
+      optim: the separate critic's optimizer: `OptimConfig` fields that override the policy's `optim`
+        (e.g. a higher `learning_rate`); not used by a shared head.
+      critic_warmup_steps: loop steps at the start that update only the critic (the policy stays as it
+        is), so the first policy updates see a fitted baseline. Separate critic only.
+    """
+
+    mode: str = "separate"
+    head_init_std: float = 0.0
+    optim: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    critic_warmup_steps: int = 0
+
+    def optim_config(self, policy_optim: "OptimSpec"):
+        """The separate critic's `OptimConfig`: the policy's `optim` fields overridden by `critic.optim`."""
+        from jaxalign.train.state import OptimConfig
+
+        return _build_dataclass(OptimConfig, {**policy_optim.kwargs, **self.optim}, "critic.optim")
+
+
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     """Everything a run needs, typed and frozen. `raw` is the resolved ConfigDict as plain JSON data."""
@@ -176,6 +210,12 @@ class ExperimentConfig:
     rewards: RewardSpec
     method_config: ml_collections.FrozenConfigDict
     raw: Mapping[str, Any]
+    critic: CriticSpec | None = None  # the `critic` section; used by estimator "gae"
+
+    @property
+    def uses_critic(self) -> bool:
+        """Whether the run trains a learned critic (estimator "gae")."""
+        return self.algorithm.estimator == "gae"
 
     def to_json(self) -> str:
         return json.dumps(self.raw, indent=2, sort_keys=True)
@@ -233,9 +273,20 @@ def from_config_dict(cd: ml_collections.ConfigDict, *, num_devices: int | None =
         rewards=_section(cd, "rewards", RewardSpec),
         method_config=ml_collections.FrozenConfigDict(method_section),
         raw=json.loads(cd.to_json_best_effort()),
+        critic=_critic_section(cd),
     )
     validate(config, num_devices=num_devices)
     return config
+
+
+def _critic_section(cd: ml_collections.ConfigDict) -> CriticSpec | None:
+    if "critic" not in cd or cd.critic is None:
+        return None
+    values = cd.critic.to_dict() if isinstance(cd.critic, ml_collections.ConfigDict) else dict(cd.critic)
+    optim = values.pop("optim", None) or {}
+    if not isinstance(optim, Mapping):
+        raise ConfigError(f"critic.optim must be a section of OptimConfig fields (e.g. learning_rate), got {optim!r}")
+    return CriticSpec(optim=_freeze(optim), **_check_fields(CriticSpec, values, "critic"))
 
 
 def _check_fields(cls, values: dict, where: str) -> dict:
@@ -363,9 +414,9 @@ def _validate_names(config: ExperimentConfig) -> None:
         raise ConfigError("algorithm.loss.temperature is taken from rollout.temperature; remove it")
     config.algorithm.advantage_config()
     config.algorithm.loss_config(config.rollout.temperature)
-    if config.algorithm.estimator == "gae":
-        raise ConfigError("algorithm.estimator='gae' needs a critic, which the loop does not train yet; "
-                          "use grpo, dr_grpo, rloo, reinforce_pp or reinforce_pp_baseline")
+    _validate_groups(config)
+    if config.uses_critic:
+        _validate_critic(config)
     if not config.algorithm.recompute_old_logprobs and (config.algorithm.mini_batches > 1 or
                                                          config.algorithm.epochs > 1):
         raise ConfigError("algorithm.recompute_old_logprobs=False is exact only with one mini-batch and one "
@@ -375,6 +426,54 @@ def _validate_names(config: ExperimentConfig) -> None:
     except ImportError:  # the train state lands separately; the optimizer section is checked when it exists
         return
     config.optim.optim_config()
+
+
+def _validate_groups(config: ExperimentConfig) -> None:
+    r, estimator = config.rollout, config.algorithm.estimator
+    if r.samples_per_prompt == 1 and estimator in GROUP_ESTIMATORS:
+        raise ConfigError(
+            f"algorithm.estimator={estimator!r} compares the samples of each prompt, so with "
+            "rollout.samples_per_prompt=1 every advantage is 0; set samples_per_prompt >= 2, or use an "
+            "estimator without groups (gae with a critic, reinforce_pp)"
+        )
+    if r.dynamic_sampling and r.samples_per_prompt == 1:
+        raise ConfigError("rollout.dynamic_sampling keeps prompts whose samples differ in reward, which needs "
+                          "rollout.samples_per_prompt >= 2; raise it or set dynamic_sampling=False")
+
+
+def _validate_critic(config: ExperimentConfig) -> None:
+    """Checks the `critic` section of a gae run (a missing section, mode, sizes, optimizer fields)."""
+    critic = config.critic
+    if critic is None:
+        raise ConfigError(
+            "algorithm.estimator='gae' trains a learned critic and needs a 'critic' section; add one "
+            "(configs/common.py: c.critic = critic_section(mode='separate')), see configs/ppo_gae_tiny.py"
+        )
+    if critic.mode not in CRITIC_MODES:
+        raise ConfigError(f"critic.mode={critic.mode!r} is unknown; use 'separate' (own value model and "
+                          "optimizer) or 'shared' (value head on the policy's trunk)")
+    if critic.head_init_std < 0:
+        raise ConfigError(f"critic.head_init_std must be >= 0 (0 = every initial value is 0), got "
+                          f"{critic.head_init_std}")
+    if critic.critic_warmup_steps < 0:
+        raise ConfigError(f"critic.critic_warmup_steps must be >= 0, got {critic.critic_warmup_steps}")
+    if critic.critic_warmup_steps >= config.train.steps:
+        raise ConfigError(
+            f"critic.critic_warmup_steps={critic.critic_warmup_steps} leaves no policy update in "
+            f"train.steps={config.train.steps}; lower it below train.steps"
+        )
+    if critic.mode == "shared":
+        if critic.critic_warmup_steps:
+            raise ConfigError("critic.critic_warmup_steps needs critic.mode='separate': a shared value head is "
+                              "trained together with the policy; set critic_warmup_steps=0 or use a separate critic")
+        if float(config.algorithm.loss.get("value_coef", 0.5)) <= 0:
+            raise ConfigError("critic.mode='shared' trains the value head through algorithm.loss.value_coef * "
+                              "value_loss, so value_coef must be > 0; raise it or use a separate critic")
+    try:
+        import jaxalign.train.state  # noqa: F401
+    except ImportError:
+        return
+    critic.optim_config(config.optim)
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

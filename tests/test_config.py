@@ -91,3 +91,65 @@ def test_rlev_section_lists_every_rlev_field_so_each_can_be_overridden():
     config = from_config_dict(cd, num_devices=8)
     assert RLEVConfig.from_dict(config.method_config).value_source == "weak"
     assert config.method_config.eval_dataset == "exams/eval.jsonl"
+
+
+GAE = "configs/ppo_gae_tiny.py"
+
+
+def _gae(**overrides):
+    return apply_overrides(load_config_file(GAE), {k: str(v) for k, v in overrides.items()})
+
+
+def test_critic_section_is_typed_and_its_optim_overrides_the_policy_optim():
+    config = from_config_dict(_gae(**{"critic.optim.learning_rate": "3e-4"}), num_devices=8)
+    assert config.critic.mode == "separate" and config.critic.head_init_std == 0.0
+    critic_optim, policy_optim = config.critic.optim_config(config.optim), config.optim.optim_config()
+    assert critic_optim.learning_rate == 3e-4 and policy_optim.learning_rate == 1e-2
+    assert critic_optim.grad_clip_norm == policy_optim.grad_clip_norm  # not given: the policy's value
+
+
+def test_gae_without_a_critic_section_names_the_fix():
+    cd = load_config_file(TINY)  # grpo, no critic section
+    cd = apply_overrides(cd, {"algorithm.estimator": "gae"})
+    with pytest.raises(ConfigError, match="needs a 'critic' section.*critic_section"):
+        from_config_dict(cd, num_devices=8)
+
+
+@pytest.mark.parametrize(
+    "overrides, fragment",
+    [
+        ({"critic.mode": "tied"}, "critic.mode='tied' is unknown; use 'separate'"),
+        ({"critic.head_init_std": -1.0}, "critic.head_init_std must be >= 0"),
+        ({"critic.critic_warmup_steps": -1}, "critic.critic_warmup_steps must be >= 0"),
+        ({"critic.critic_warmup_steps": 16}, "leaves no policy update in train.steps=16"),
+        ({"critic.mode": "shared", "critic.critic_warmup_steps": 2}, "critic_warmup_steps needs critic.mode='separate'"),
+        ({"critic.mode": "shared", "algorithm.loss.value_coef": 0.0}, "value_coef must be > 0"),
+        ({"critic.optim.learning_rate": -1.0}, "critic.optim: learning_rate must be > 0"),
+        ({"algorithm.estimator": "grpo"}, "samples_per_prompt=1 every advantage is 0"),
+        ({"rollout.dynamic_sampling": True}, "dynamic_sampling .*samples_per_prompt >= 2"),
+    ],
+)
+def test_critic_config_errors_name_the_problem(overrides, fragment):
+    with pytest.raises(ConfigError, match=fragment):
+        from_config_dict(_gae(**overrides), num_devices=8)
+
+
+def test_unknown_critic_field_is_an_error():
+    import ml_collections
+
+    cd = load_config_file(GAE)
+    cd.unlock()
+    cd.critic.lr = 1e-3
+    with pytest.raises(ConfigError, match=r"critic: unknown field\(s\) \['lr'\]"):
+        from_config_dict(cd, num_devices=8)
+    cd = load_config_file(GAE)
+    cd.unlock()
+    cd.critic.optim = ml_collections.ConfigDict({"lr": 1e-3})
+    with pytest.raises(ConfigError, match=r"critic.optim: unknown field\(s\) \['lr'\]"):
+        from_config_dict(cd, num_devices=8)
+
+
+def test_gae_accepts_one_sample_per_prompt_and_a_larger_group():
+    assert from_config_dict(_gae(), num_devices=8).rollout.samples_per_prompt == 1
+    config = from_config_dict(_gae(**{"rollout.samples_per_prompt": 4, "rollout.prompts_per_step": 8}), num_devices=8)
+    assert config.rollout.samples_per_step == 32

@@ -12,7 +12,7 @@ CONFIGS = sorted(p for p in pathlib.Path("configs").glob("*.py") if p.name != "c
 def test_there_are_configs():
     names = {p.stem for p in CONFIGS}
     assert {"rlev_smollm2_demo", "rlev_qwen25_7b_tpu", "rlev_qwen25_7b_rloo", "rlev_qwen25_7b_grpo",
-            "tiny_test"} <= names
+            "tiny_test", "ppo_gae_tiny"} <= names
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.stem)
@@ -31,3 +31,12 @@ def test_config_loads_and_validates(path):
 def test_demo_variants(arg):
     config = from_config_dict(load_config_file(f"configs/rlev_smollm2_demo.py:{arg}"), num_devices=8)
     assert config.algorithm.estimator == arg and not config.algorithm.needs_reference
+
+
+@pytest.mark.parametrize("arg", ["separate", "shared"])
+def test_ppo_gae_tiny_variants(arg):
+    config = from_config_dict(load_config_file(f"configs/ppo_gae_tiny.py:{arg}"), num_devices=8)
+    advantage = config.algorithm.advantage_config()
+    assert config.algorithm.estimator == "gae" and config.uses_critic and config.critic.mode == arg
+    assert (advantage.gamma, advantage.lam) == (1.0, 1.0)
+    assert config.algorithm.loss_config(1.0).value_clip == 0.5 and config.rollout.samples_per_prompt == 1

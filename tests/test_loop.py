@@ -82,9 +82,10 @@ def test_nan_loss_stops_before_saving_and_keeps_last_good_checkpoint(tmp_path, m
     original, calls = loop._batch_for_estimator, []
 
     def poisoned(*args, **kwargs):
-        old_logp, ref_logp, advantages = original(*args, **kwargs)
+        batch = original(*args, **kwargs)
         calls.append(1)
-        return old_logp, ref_logp, advantages * (np.nan if len(calls) == 3 else 1.0)
+        batch.advantages = batch.advantages * (np.nan if len(calls) == 3 else 1.0)
+        return batch
 
     monkeypatch.setattr(loop, "_batch_for_estimator", poisoned)
     with pytest.raises(loop.TrainingDiverged, match="non-finite loss at step 3"):

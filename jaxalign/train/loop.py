@@ -8,9 +8,11 @@ One step, for each agent (single-policy methods have one; nothing here assumes o
   3. the method's feature function in the `RewardPool` (failed samples: zero loss weight, counted), the
      method's rewards; with dynamic sampling, groups whose rewards are all equal are dropped and more
      prompts are sampled (bounded tries), keeping the batch shape fixed;
-  4. old (optional) and reference (when a KL term needs it) log-probs, advantages over the whole batch;
+  4. old (optional) and reference (when a KL term needs it) log-probs, with a learned critic (estimator
+     "gae") its values, then advantages (and the critic's returns) over the whole batch;
   5. per epoch and mini-batch: loss weights over the mini-batch, micro-batches stacked on a leading axis,
-     one jitted `train_step`; a non-finite loss stops the run before anything is saved;
+     one jitted `train_step` (and a separate critic's step on the same micro-batches; see
+     `jaxalign.train.agents`); a non-finite loss stops the run before anything is saved;
   6. `sampler.update_params` (timed), metrics, samples, checkpoint, SIGTERM check.
 
 Multi-host: when `JAX_COORDINATOR_ADDRESS` or a TPU/SLURM multi-process environment is detected,
@@ -23,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import os
 from typing import Any, Callable
 
@@ -31,31 +32,24 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign.config import ConfigError, ExperimentConfig
+from jaxalign.config import ExperimentConfig
 from jaxalign.train import batching, metrics as metrics_lib
+from jaxalign.train.agents import (  # noqa: F401  (Agent, build_agent, check_vocab: re-exported)
+    Agent,
+    StepBatch,
+    TrainingDiverged,
+    build_agent,
+    check_vocab,
+    load_state_tree,
+    state_tree as _state_tree,
+    update_agent,
+)
 from jaxalign.train.checkpoint import Checkpointer, StopSignal, abstract_like, workdir_path
 
 log = logging.getLogger(__name__)
 
 TIMING_PREFIXES = ("time/", "perf/")  # metrics that legitimately differ between identical runs
 PROMPT_BUCKET = 32
-
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or Inf; the last checkpoint on disk is from before it."""
-
-
-@dataclasses.dataclass
-class Agent:
-    """One trained policy: its train state, frozen reference, sampler view and compiled functions."""
-
-    name: str
-    graphdef: Any
-    state: Any  # TrainState
-    ref_params: Any | None
-    sampler: Any
-    train_step: Callable
-    logprob_fn: Callable
 
 
 @dataclasses.dataclass
@@ -102,69 +96,6 @@ def maybe_initialize_distributed() -> None:
     if kwargs is not None and not jax.distributed.is_initialized():
         jax.distributed.initialize(**kwargs)
         log.info("jax.distributed initialised: process %d of %d", jax.process_index(), jax.process_count())
-
-
-def _dtype(name: str):
-    return {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}[name]
-
-
-def check_vocab(model_cfg, tokenizer, spec: str = "") -> None:
-    """Raises `ConfigError` when the tokenizer can emit ids the model's embedding has no row for."""
-    if tokenizer is not None and tokenizer.vocab_size > model_cfg.vocab_size:
-        raise ConfigError(
-            f"model {spec!r}: the tokenizer has {tokenizer.vocab_size} tokens but the model's embedding has only "
-            f"{model_cfg.vocab_size} rows, so they do not belong together; use the tokenizer saved with this "
-            "model (put its files in the model directory)"
-        )
-
-
-# Compiled functions per (graphdef, optimizer config, loss config, mesh): a second run in the same process
-# (resume, eval, export, tests) reuses them instead of compiling again. The functions are pure, so sharing
-# them between runs is safe; a few entries bound the memory they hold.
-_COMPILED: dict[Any, tuple[Any, Callable, Callable]] = {}
-_COMPILED_MAX = 4
-
-
-def _compiled_functions(graphdef, optim_cfg, loss_cfg, mesh):
-    from jaxalign.train.state import make_optimizer
-    from jaxalign.train.step import make_logprob_fn, make_train_step
-
-    key = (graphdef, optim_cfg, loss_cfg, mesh)
-    if key not in _COMPILED:
-        if len(_COMPILED) >= _COMPILED_MAX:
-            _COMPILED.pop(next(iter(_COMPILED)))
-        optimizer = make_optimizer(optim_cfg)
-        _COMPILED[key] = (
-            optimizer,
-            make_train_step(graphdef, optimizer, loss_cfg, mesh=mesh),
-            make_logprob_fn(graphdef, temperature=loss_cfg.temperature, chunk_size=loss_cfg.logprob_chunk_size,
-                            mesh=mesh),
-        )
-    return _COMPILED[key]
-
-
-def build_agent(config: ExperimentConfig, mesh, name: str = "policy") -> tuple[Agent, Any, Any]:
-    """Loads the model, its optimizer, reference and sampler; returns (agent, tokenizer, model config)."""
-    from flax import nnx
-
-    from jaxalign.models import load_model
-    from jaxalign.rollout import Sampler
-    from jaxalign.train.state import init_train_state
-
-    model, tokenizer = load_model(
-        config.model.spec, mesh=mesh, role="train",
-        param_dtype=_dtype(config.model.param_dtype), dtype=_dtype(config.model.dtype),
-    )
-    check_vocab(model.cfg, tokenizer, config.model.spec)
-    graphdef, params = nnx.split(model)
-    loss_cfg = config.algorithm.loss_config(config.rollout.temperature)
-    optimizer, train_step, logprob_fn = _compiled_functions(graphdef, config.optim.optim_config(), loss_cfg, mesh)
-    state = init_train_state(params, optimizer)
-    ref_params = jax.tree.map(jnp.copy, params) if config.algorithm.needs_reference else None
-    sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=config.rollout.max_prompt_len)
-    agent = Agent(name=name, graphdef=graphdef, state=state, ref_params=ref_params, sampler=sampler,
-                  train_step=train_step, logprob_fn=logprob_fn)
-    return agent, tokenizer, model.cfg
 
 
 def _encoder(method, tokenizer) -> Callable[[dict], list[int]]:
@@ -294,14 +225,16 @@ def collect_rollouts(config, method, agent, tokenizer, pool, stream, train_examp
     return merged, [examples_n[i] for i in index_n], rewards_n, ok_n, components, stats
 
 
-def _batch_for_estimator(config, agent, seqs, rewards_n, group_ids_n, mesh, timer):
-    """Old and reference log-probs and per-token advantages for the whole step batch (global arrays)."""
+def _batch_for_estimator(config, agent, seqs, rewards_n, group_ids_n, mesh, timer) -> StepBatch:
+    """Old and reference log-probs, the critic's values (gae) and per-token advantages (and returns) for
+    the whole step batch (global arrays). Values are in the log-prob layout, so GAE runs over the full rows
+    with the loss mask: prompt columns, padding and failed samples are skipped and get 0."""
     tokens = _global(seqs.tokens_nt, mesh, 0)
     valid = _global(seqs.valid_nt.astype(bool), mesh, 0)
     positions = _global(batching.positions_np(seqs.valid_nt), mesh, 0)
     if config.algorithm.recompute_old_logprobs:
         with timer("old_logprobs"):
-            old_logp, _ = agent.logprob_fn(agent.state.params, tokens, valid, positions)
+            old_logp, _ = agent.logprob_fn(agent.policy_params, tokens, valid, positions)
             old_logp.block_until_ready()
     else:
         old_logp = _global(seqs.sampler_logp_nt, mesh, 0)
@@ -310,55 +243,24 @@ def _batch_for_estimator(config, agent, seqs, rewards_n, group_ids_n, mesh, time
         with timer("ref_logprobs"):
             ref_logp, _ = agent.logprob_fn(agent.ref_params, tokens, valid, positions)
             ref_logp.block_until_ready()
+    values = None
+    if agent.has_critic:
+        with timer("values"):
+            values = agent.value_fn(agent.value_params, tokens, valid, positions)
+            values.block_until_ready()
     with timer("advantages"):
-        advantages, _ = _advantages_jit(
+        advantages, returns = _advantages_jit(
             config.algorithm.estimator, config.algorithm.advantage_config(), _global(rewards_n, mesh, 0),
-            _global(group_ids_n, mesh, 0), _global(seqs.loss_mask_nt, mesh, 0), old_logp, ref_logp,
+            _global(group_ids_n, mesh, 0), _global(seqs.loss_mask_nt, mesh, 0), old_logp, ref_logp, values,
         )
-    return old_logp, ref_logp, advantages
+    return StepBatch(old_logp, ref_logp, advantages, returns if agent.has_critic else None, values)
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _advantages_jit(name, cfg, rewards_n, group_ids_n, mask_nt, old_logp_nt, ref_logp_nt):
+def _advantages_jit(name, cfg, rewards_n, group_ids_n, mask_nt, old_logp_nt, ref_logp_nt, values_nt=None):
     from jaxalign.algorithms.advantages import compute_advantages
 
-    return compute_advantages(name, cfg, rewards_n, group_ids_n, mask_nt, old_logp_nt, ref_logp_nt)
-
-
-def update(config, agent, seqs, old_logp, ref_logp, advantages, step: int, mesh) -> list[dict]:
-    """Epochs x mini-batches of jitted train steps; returns the per-update metrics (host floats)."""
-    from jaxalign.algorithms.losses import loss_weights
-
-    a, loss_cfg = config.algorithm, config.algorithm.loss_config(config.rollout.temperature)
-    host = {
-        "tokens": seqs.tokens_nt, "valid": seqs.valid_nt.astype(bool), "positions": batching.positions_np(seqs.valid_nt),
-        "loss_mask": seqs.loss_mask_nt, "old_logp": np.asarray(old_logp), "advantages": np.asarray(advantages),
-    }
-    if loss_cfg.tis_cap is not None:
-        host["sampler_logp"] = seqs.sampler_logp_nt
-    if ref_logp is not None and loss_cfg.kl_in_loss:
-        host["ref_logp"] = np.asarray(ref_logp)
-    out = []
-    for epoch in range(a.epochs):
-        for index in batching.split_minibatches(len(seqs.tokens_nt), a.mini_batches, config.seed, step, epoch):
-            mini = {k: v[index] for k, v in host.items()}
-            mini["loss_weights"] = loss_weights(mini["loss_mask"], loss_cfg.aggregation, loss_cfg.constant_normalizer)
-            batch = {k: _global(batching.to_micro_batches(v, a.micro_batches), mesh, 1) for k, v in mini.items()}
-            agent.state, step_metrics = agent.train_step(agent.state, batch)
-            step_metrics = {k: float(v) for k, v in jax.device_get(step_metrics).items()}
-            if not all(math.isfinite(v) for k, v in step_metrics.items() if "loss" in k):
-                raise TrainingDiverged(
-                    f"non-finite loss at step {step} ({ {k: v for k, v in step_metrics.items() if 'loss' in k} }); "
-                    "stopped before saving, so the last checkpoint is the last good state. Lower the learning "
-                    "rate, enable grad clipping (optim.grad_clip_norm) or use float32 parameters"
-                )
-            out.append(step_metrics)
-    return out
-
-
-def _state_tree(agents: list[Agent]) -> dict:
-    return {"agents": [{"params": a.state.params, "opt_state": a.state.opt_state, "step": a.state.step}
-                       for a in agents]}
+    return compute_advantages(name, cfg, rewards_n, group_ids_n, mask_nt, old_logp_nt, ref_logp_nt, values_nt)
 
 
 def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
@@ -383,7 +285,7 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
     data_report = getattr(method, "data_report", None)
     if data_report and is_main:
         log.info("dataset: %s", data_report)
-    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(agent.state.params))
+    num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(agent.policy_params))
     encode = _encoder(method, tokenizer)
     counters = batching.PromptCounters()
 
@@ -393,10 +295,7 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
     restored = ckpt.restore_latest(abstract_like(_state_tree(agents)))
     if restored is not None:
         start_step, tree, meta = restored
-        for a, saved in zip(agents, tree["agents"]):
-            a.state = dataclasses.replace(a.state, params=saved["params"], opt_state=saved["opt_state"],
-                                          step=saved["step"])
-            a.sampler.update_params(a.state.params)
+        load_state_tree(agents, tree)
         position = int(meta["data_position"])
         counters = batching.PromptCounters(**meta.get("prompt_counters", {}))
         if is_main:
@@ -442,16 +341,17 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
                         rollout["response_mask_np"], rollout["logprobs_np"], prompt_width=width, ok_n=ok_n,
                     )
                     group_ids_n = np.repeat(np.arange(len(rewards_n) // n), n).astype(np.int32)
-                    old_logp, ref_logp, advantages = _batch_for_estimator(
-                        config, a, seqs, rewards_n, group_ids_n, mesh, timer
-                    )
+                    step_batch = _batch_for_estimator(config, a, seqs, rewards_n, group_ids_n, mesh, timer)
                     with timer("update"):
-                        updates = update(config, a, seqs, old_logp, ref_logp, advantages, step, mesh)
+                        updates, critic_updates = update_agent(config, a, seqs, step_batch, step,
+                                                               lambda x: _global(x, mesh, 1))
                     with timer("weight_sync"):
-                        record["time/weight_sync_reported_s"] = float(a.sampler.update_params(a.state.params))
+                        record["time/weight_sync_reported_s"] = float(a.sampler.update_params(a.policy_params))
                     lengths = rollout["lengths_n"]
                     record.update(stats)
                     record.update(metrics_lib.mean_update_metrics(updates))
+                    record.update({k.replace("loss/", "critic/", 1): v
+                                   for k, v in metrics_lib.mean_update_metrics(critic_updates).items()})
                     record.update({
                         "reward/mean": float(rewards_n.mean()), "reward/std": float(rewards_n.std()),
                         "response/length_mean": float(lengths.mean()),
@@ -459,7 +359,9 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
                         **{f"reward/{k}": float(np.nanmean(v)) for k, v in components.items()},
                     })
                     trained = int(seqs.valid_nt.sum())
-                    forward = trained * (int(config.algorithm.recompute_old_logprobs) + int(a.ref_params is not None))
+                    forward = trained * (int(config.algorithm.recompute_old_logprobs) + int(a.ref_params is not None)
+                                         + int(a.has_critic))  # + the critic's value pass
+                    trained_passes = config.algorithm.epochs * (1 + int(a.critic_step is not None))
                     if step % max(config.logging.samples_every, 1) == 0:
                         texts = _texts(rollout, tokenizer)
                         writer.write_samples(step, [
@@ -472,7 +374,7 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
                 record.update(timer.metrics())
                 record.update(metrics_lib.throughput_metrics(
                     tokens=trained, step_seconds=record["time/step_s"], num_devices=jax.device_count(),
-                    train_flops=metrics_lib.model_flops(num_params, trained * config.algorithm.epochs, forward),
+                    train_flops=metrics_lib.model_flops(num_params, trained * trained_passes, forward),
                     device_kind=jax.devices()[0].device_kind,
                 ))
                 writer.write(step, record)
