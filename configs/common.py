@@ -132,10 +132,13 @@ def critic_section(mode: str = "separate", *, head_init_std: float = 0.0, critic
     `mode`: "separate" (own value model and optimizer) or "shared" (value head on the policy's trunk,
     trained by the policy's optimizer with weight `algorithm.loss.value_coef`). `optim` fields (e.g.
     `learning_rate=1e-5`) override the policy's `optim` for a separate critic (fields not given take the
-    policy's values); the section always lists `learning_rate` (default 1e-6), so it can be overridden from
-    the command line.
+    policy's values); a separate critic's section always lists `learning_rate` (default 1e-6), so it can
+    be overridden from the command line. A shared head has no `optim` of its own (the policy's trains it).
     """
-    optim = {"learning_rate": 1e-6, **optim}
+    if mode == "shared" and optim:
+        raise ValueError("critic_section: a shared value head is trained by the policy's optim; pass no optim "
+                         "fields or use mode='separate'")
+    optim = {"learning_rate": 1e-6, **optim} if mode != "shared" else {}
     return ml_collections.ConfigDict(dict(mode=mode, head_init_std=head_init_std,
                                           critic_warmup_steps=critic_warmup_steps, optim=optim))
 

@@ -22,7 +22,10 @@ def get_config(arg=None):
     c.algorithm.loss.value_clip = 0.5
     c.algorithm.loss.value_coef = 0.5
     mode = arg or "separate"
-    c.critic = common.critic_section(mode, head_init_std=0.0, learning_rate=1e-3)
+    if mode == "shared":  # the policy's optimizer trains the head too
+        c.critic = common.critic_section("shared", head_init_std=0.0)
+    else:
+        c.critic = common.critic_section(mode, head_init_std=0.0, learning_rate=1e-3)
     c.rollout.prompts_per_step = 32
     c.rollout.samples_per_prompt = 1
     c.rollout.max_prompt_len = 8

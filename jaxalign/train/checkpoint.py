@@ -1,6 +1,7 @@
-"""Orbax checkpoints of a run: every agent's params and optimizer state, the step, the data position and the
-resolved config; keep-last-k, async save, auto-resume, fallback past a corrupt latest checkpoint, and a
-SIGTERM flag the loop polls so a preempted job saves and exits cleanly.
+"""Orbax checkpoints of a run: every agent's params and optimizer state (and its critic's, for PPO with a
+learned critic; see `jaxalign.train.agents.state_tree`), the step, the data position and the resolved
+config; keep-last-k, async save, auto-resume, fallback past a corrupt latest checkpoint, and a SIGTERM flag
+the loop polls so a preempted job saves and exits cleanly.
 
 Layout under `<workdir>/checkpoints/<step>/`: `state` (the array pytree), `meta` (JSON: step, data position,
 PRNG seed info, anything else the loop needs to resume) and `config` (JSON of the resolved config).
