@@ -31,12 +31,13 @@ def get_config(arg=None):
     c.algorithm.micro_batches = 2
     c.algorithm.recompute_old_logprobs = False
     c.algorithm.loss.logprob_chunk_size = 64
-    # A small model and ten steps need a much larger step than the paper's 5e-7 on 7B.
-    c.optim.learning_rate = 2e-6
+    # A 135M model and ten steps need a much larger step than the paper's 5e-7 on 7B; at 1e-5 the policy
+    # visibly changes within ten steps without collapsing (entropy falls from about 1.95 to 1.2 nats).
+    c.optim.learning_rate = 1e-5
 
     c.train.steps = 10
     c.train.eval_every = 0  # eval before and after only: greedy eval is a large part of the CPU budget
-    c.train.eval_examples = 32
+    c.train.eval_examples = 64
     c.checkpoint.every = 5
     c.logging.samples_every = 1
 

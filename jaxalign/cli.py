@@ -132,8 +132,11 @@ def cmd_sample(args, config_spec, overrides) -> int:
         rollout = sampler.generate(chunk, sp, jax.random.fold_in(key, start))
         for i, text in enumerate(rollout.texts):
             prompt = prompts[start + i // args.n]
-            print(json.dumps({"prompt": prompt, "response": text, "finish": rollout.finish_reasons[i]},
-                             ensure_ascii=False))
+            if args.prompt is not None:  # one prompt on the command line: plain text for a person
+                print(text if args.n == 1 else f"--- sample {i + 1} ({rollout.finish_reasons[i]}) ---\n{text}")
+            else:
+                print(json.dumps({"prompt": prompt, "response": text, "finish": rollout.finish_reasons[i]},
+                                 ensure_ascii=False))
     return 0
 
 
@@ -173,8 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_parser("sample", help="sample completions from a model")
     p.add_argument("--model", required=True, help="HF dir, .gguf path or smollm2-135m-instruct")
     group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--prompt")
-    group.add_argument("--prompts-file", help="JSONL: one string or {\"prompt\": ...} per line")
+    group.add_argument("--prompt", help="one prompt (the chat template is applied); prints the completion")
+    group.add_argument("--prompts-file", help="JSONL: one string or {\"prompt\": ...} per line; prints one JSON line per sample")
     p.add_argument("--max-new-tokens", type=int, default=128)
     p.add_argument("--greedy", action="store_true")
     p.add_argument("--temperature", type=float, default=1.0)
