@@ -101,3 +101,30 @@ def test_tokenizer_larger_than_the_model_vocabulary_fails_before_training(tmp_pa
     loaded, tokenizer = load_model(str(tmp_path / "ok"))
     loop.check_vocab(loaded.cfg, tokenizer, "ok")
     assert tokenizer.vocab_size == 256
+
+
+def test_eval_and_export_of_a_shared_value_head_run(tmp_path, capsys):
+    """With a value head on the policy's trunk the train state holds more than the policy; eval and export
+    must restore the whole state and use the policy part alone."""
+    transformers = pytest.importorskip("transformers")
+    torch = pytest.importorskip("torch")
+    cd = load_config_file("configs/ppo_gae_tiny.py:shared")
+    config = from_config_dict(apply_overrides(cd, {"logging.progress": "False", "train.steps": "2",
+                                                   "train.eval_every": "0"}))
+    workdir = tmp_path / "run"
+    result = loop.train(config, workdir)
+    capsys.readouterr()  # the run's own before/after table
+
+    assert cli.main(["eval", f"--workdir={workdir}"]) == 0
+    assert json.loads(capsys.readouterr().out) == pytest.approx(result.eval_after)
+
+    out = tmp_path / "hf"
+    assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
+    agent, _ = _restored_agent(run_config(workdir), workdir)
+    assert set(agent.state.params) == {"policy", "value_head"}  # the head is in the state, not the export
+    tokens = np.random.default_rng(1).integers(0, 256, size=(2, 10))
+    hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        hf_logits = hf_model(torch.tensor(tokens)).logits.numpy()
+    trained = _logits_jax(nnx.merge(agent.graphdef, agent.policy_params), tokens)
+    np.testing.assert_allclose(hf_logits, trained, atol=2e-4, rtol=2e-4)

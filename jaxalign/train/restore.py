@@ -29,20 +29,18 @@ def run_config(workdir: str | pathlib.Path) -> ExperimentConfig:
 
 def _restored_agent(config: ExperimentConfig, workdir: str | pathlib.Path | None):
     from jaxalign.sharding import make_mesh
+    from jaxalign.train.agents import build_agent, load_state_tree, state_tree
     from jaxalign.train.checkpoint import Checkpointer, abstract_like
-    from jaxalign.train.loop import _state_tree, build_agent
 
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     agent, tokenizer, _ = build_agent(config, mesh)
     if workdir is not None:
         ckpt = Checkpointer(workdir, keep=config.checkpoint.keep, async_save=False)
-        restored = ckpt.restore_latest(abstract_like(_state_tree([agent])))
+        restored = ckpt.restore_latest(abstract_like(state_tree([agent])))
         ckpt.close()
         if restored is None:
             raise ConfigError(f"{workdir} has no readable checkpoint")
-        saved = restored[1]["agents"][0]
-        agent.state = agent.state.replace(step=saved["step"], params=saved["params"], opt_state=saved["opt_state"])
-        agent.sampler.update_params(agent.state.params)
+        load_state_tree([agent], restored[1])  # also refreshes the sampler with the policy's weights
     return agent, tokenizer
 
 
@@ -70,4 +68,5 @@ def export_checkpoint(workdir: str | pathlib.Path, out_dir: str | pathlib.Path) 
 
     config = run_config(workdir)
     agent, tokenizer = _restored_agent(config, workdir)
-    export_hf(nnx.merge(agent.graphdef, agent.state.params), tokenizer, str(out_dir))
+    # `policy_params` is the policy alone, also when a shared value head lives in the same train state.
+    export_hf(nnx.merge(agent.graphdef, agent.policy_params), tokenizer, str(out_dir))
