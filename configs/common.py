@@ -149,6 +149,10 @@ def rlev_section(reward: str = "human_aligned", dataset: str = "embedded", **fie
 
     `reward`: human_aligned (the paper's s(x) = 1 + min(alpha * v, 1)) or an ablation (correctness, uniform,
     random, multiplicative); `dataset`: embedded (offline exam set), rlev, webinstruct or a local path.
+    Verification: `verifier` rule (default), model or rule_or_model, with `judge_model` (required unless
+    rule: an HF directory, a .gguf file or smollm2-135m-instruct) and the `judge_*` sampling settings
+    (greedy, 8 new tokens, bfloat16 by default), e.g. `--config.rlev.verifier=rule_or_model
+    --config.rlev.judge_model=/models/judge`.
     """
     from jaxalign.methods.rlev import RLEVConfig
 

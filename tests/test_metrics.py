@@ -41,8 +41,8 @@ def test_metrics_jsonl_rows(run):
     assert [r["step"] for r in train_rows] == list(range(1, STEPS + 1))
     assert [r["step"] for r in rows if r["kind"] == "eval"] == [0, 2, STEPS]
     for row, record in zip(train_rows, result.history):
-        for key in ("reward/mean", "loss/loss", "loss/kl", "time/step_s", "time/generate_and_reward_s",
-                    "time/update_s", "time/weight_sync_s", "perf/tokens_per_s", "rollout/failed"):
+        for key in ("reward/mean", "loss/loss", "loss/kl", "time/step_s", "time/generate_s", "time/reward_s",
+                    "time/logprobs_s", "time/update_s", "time/weight_sync_s", "perf/tokens_per_s", "rollout/failed"):
             assert np.isfinite(row[key]), key
         assert row["reward/mean"] == pytest.approx(record["reward/mean"])
         phases = sum(v for k, v in row.items() if k.startswith("time/") and k.endswith("_s")

@@ -3,6 +3,14 @@
 A method composes data, prompts and rewards; the loop owns sampling, the reward pool, advantages, the
 train step, checkpoints and logging. Methods register by name in `METHODS` so configs select them with
 `config.method = "<name>"`.
+
+Scoring a batch of responses, in the loop's order (training rollouts and eval alike):
+  1. `feature_fn` in the reward pool's child processes (NaN features where a sample failed);
+  2. `judge_features(texts, examples, features)` on the host: model-based verification (a judge model
+     run through its own sampler). The default changes nothing. A sample whose features come back NaN is
+     a failed sample (zero loss weight) and counted as a judge failure;
+  3. `rewards(features, examples)`.
+Samples are ok when the pool succeeded and no feature is NaN after step 2.
 """
 
 from __future__ import annotations
@@ -40,6 +48,25 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def feature_fn(self) -> FeatureFn:
         """The picklable host feature function run in the reward pool."""
+
+    @property
+    def uses_judge(self) -> bool:
+        """Whether `judge_features` runs a model: the loop then times it as its own phase (`time/judge_s`)
+        and logs judge failures. False by default."""
+        return False
+
+    def judge_features(
+        self, texts: Sequence[str], examples: Sequence[Example], features: Mapping[str, np.ndarray]
+    ) -> Mapping[str, np.ndarray]:
+        """Optional model-based verification, called by the loop after the reward pool, on the host.
+
+        `texts[i]` is sample i's decoded response, `examples[i]` its example and `features[name]` a float
+        array [n] from the pool (NaN where the pool failed). Returns the features the rewards use, same
+        length: a method may overwrite or add features from a judge's verdicts, and marks a sample whose
+        verdict failed (e.g. an unparsable reply) by setting its features to NaN. Must not modify the
+        input arrays. The default returns `features` unchanged.
+        """
+        return features
 
     @abc.abstractmethod
     def rewards(

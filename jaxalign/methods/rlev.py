@@ -11,6 +11,12 @@ so correct answers earn between 1 and 2, more for questions that matter more. Ab
 unclipped). Value sources (config `value_source`): "ground_truth" (score / total), "weak" (the paper's
 difficulty buckets) and "predicted" (a model asked for the question's points, see `ScorePredictor`).
 
+Verification (config `verifier`): "rule" (answer extraction + math equivalence in the reward pool), "model"
+(a judge model says YES/NO on the response's final step against the reference, as in the paper) or
+"rule_or_model" (the rules first; the judge only for samples they cannot decide: no extractable answer, or
+a mismatch against a non-numeric reference). The judge is `rlev.judge_model`, loaded on the policy's mesh
+with its own sampler when the loop calls `attach_sampler`; the policy's weights never judge.
+
 Choice of estimator. s(x) is constant within a prompt's group of samples, so GRPO with per-group std
 normalisation cancels it exactly: (s*c_i - mean(s*c)) / std(s*c) = (c_i - mean(c)) / std(c). With that
 estimator RLEV is the correctness baseline. The RLEV configs therefore use REINFORCE++ (advantages whitened
@@ -38,10 +44,13 @@ import numpy as np
 from jaxalign.data import load_rows, make_exam_set, parse_rows, weak_value
 from jaxalign.methods.base import Example, FeatureFn, Method, register
 from jaxalign.methods.rlev_prompts import POLICY_SYSTEM_PROMPT, SCORE_PREDICTOR_SYSTEM_PROMPT
+from jaxalign.rewards.judges import EquivalenceJudge, build_model_judge, judge_correctness, rule_features
 from jaxalign.rewards.verifiers import correctness_features
 
 REWARD_MODES = ("human", "correctness", "uniform", "random", "multiplicative")
 VALUE_SOURCES = ("ground_truth", "weak", "predicted")
+VERIFIERS = ("rule", "model", "rule_or_model")
+JUDGE_DTYPES = ("bfloat16", "float16", "float32")
 HUB_DATASETS = {"rlev": ("sarosavo/RLEV", "rlev"), "webinstruct": ("TIGER-Lab/WebInstruct-verified", "webinstruct")}
 _REWARD_ALIASES = {"human_aligned": "human", "baseline": "correctness"}
 _DATASET_ALIASES = {"embedded": "embedded_exam"}
@@ -216,6 +225,16 @@ class RLEVConfig:
       seed: data generation, local-file split, and the "random" mode's shuffle.
       skip_invalid: skip (and count) malformed rows instead of failing.
       system_prompt: overrides the policy's system prompt.
+      verifier: one of VERIFIERS: "rule", "model" (every sample judged by `judge_model`) or
+        "rule_or_model" (the judge only where the rules cannot decide).
+      judge_model: the judge's model spec (an HF directory, a .gguf file or smollm2-135m-instruct);
+        required unless verifier is "rule" (the policy is never its own judge by default).
+      judge_max_new_tokens: the judge's reply length (a YES/NO needs a few tokens).
+      judge_greedy: greedy judge replies (else sampled at `judge_temperature`).
+      judge_temperature: the judge's temperature when not greedy.
+      judge_max_prompt_len: longest judge prompt in tokens; longer ones are failed verdicts.
+      judge_batch_size: prompts per judge generation chunk.
+      judge_dtype: the judge's parameter/compute/cache dtype, one of JUDGE_DTYPES.
     """
 
     reward: str = "human"
@@ -232,6 +251,14 @@ class RLEVConfig:
     seed: int = 0
     skip_invalid: bool = False
     system_prompt: str | None = None
+    verifier: str = "rule"
+    judge_model: str | None = None
+    judge_max_new_tokens: int = 8
+    judge_greedy: bool = True
+    judge_temperature: float = 1.0
+    judge_max_prompt_len: int = 1024
+    judge_batch_size: int = 64
+    judge_dtype: str = "bfloat16"
 
     def __post_init__(self):
         object.__setattr__(self, "reward", _REWARD_ALIASES.get(self.reward, self.reward))
@@ -250,6 +277,30 @@ class RLEVConfig:
             raise ValueError("rlev.num_train and rlev.num_eval must be > 0 for the generated embedded_exam set")
         if self.schema not in ("auto", "rlev", "webinstruct"):
             raise ValueError(f"rlev.schema must be 'auto', 'rlev' or 'webinstruct', got {self.schema!r}")
+        self._check_judge()
+
+    def _check_judge(self) -> None:
+        if self.verifier not in VERIFIERS:
+            raise ValueError(f"rlev.verifier: unknown verifier {self.verifier!r}; known: {', '.join(VERIFIERS)}")
+        if self.verifier == "rule":
+            if self.judge_model:
+                raise ValueError(f"rlev.judge_model is set ({self.judge_model!r}) but rlev.verifier='rule' never "
+                                 "uses it; set rlev.verifier to 'model' or 'rule_or_model', or drop judge_model")
+            return
+        if not isinstance(self.judge_model, str) or not self.judge_model:
+            raise ValueError(
+                f"rlev.verifier={self.verifier!r} needs rlev.judge_model: a model spec as --model accepts (an HF "
+                "model directory, a .gguf file or smollm2-135m-instruct); the policy is not used as its own judge")
+        if self.judge_model.startswith("random:"):
+            raise ValueError(f"rlev.judge_model={self.judge_model!r} has no tokenizer and random weights; a judge "
+                             "needs a real model (an HF directory, a .gguf file or smollm2-135m-instruct)")
+        for name in ("judge_max_new_tokens", "judge_max_prompt_len", "judge_batch_size"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"rlev.{name} must be an int >= 1, got {getattr(self, name)!r}")
+        if not (isinstance(self.judge_temperature, (int, float)) and self.judge_temperature > 0):
+            raise ValueError(f"rlev.judge_temperature must be > 0, got {self.judge_temperature!r}")
+        if self.judge_dtype not in JUDGE_DTYPES:
+            raise ValueError(f"rlev.judge_dtype must be one of {', '.join(JUDGE_DTYPES)}, got {self.judge_dtype!r}")
 
     @classmethod
     def from_dict(cls, section: Any) -> "RLEVConfig":
@@ -282,17 +333,23 @@ class RLEVMethod(Method):
     """Value-weighted correctness rewards (see the module docstring).
 
     With `value_source="predicted"`, call `attach_sampler(...)` (or pass `score_predictor=`) before
-    `load_data`: the training values are then predicted by that model.
+    `load_data`: the training values are then predicted by that model. With a model verifier,
+    `attach_sampler` also loads the judge (or pass `judge=`, any `EquivalenceJudge`).
     """
 
-    def __init__(self, config: Any, *, score_predictor: ScorePredictor | None = None):
+    def __init__(self, config: Any, *, score_predictor: ScorePredictor | None = None,
+                 judge: EquivalenceJudge | None = None):
         super().__init__(RLEVConfig.from_dict(config))
         self.score_predictor = score_predictor
+        self.judge = judge
+        self._judge_calls = 0
         self.uniform_scale: float | None = None
         self.data_report: dict[str, Any] = {}
 
     def attach_sampler(self, sampler: Any, sampling_params: Any = None, key: Any = None) -> None:
-        """Uses `sampler` to predict values (value_source="predicted"); defaults: greedy, 12 new tokens."""
+        """Uses `sampler` to predict values (value_source="predicted"; defaults: greedy, 12 new tokens) and,
+        with a model verifier and no judge yet, loads `judge_model` on the sampler's mesh (`sampler.mesh`)
+        with a sampler of its own."""
         if sampling_params is None:
             from jaxalign.rollout import SamplingParams
 
@@ -300,6 +357,12 @@ class RLEVMethod(Method):
         if key is None:
             key = jax.random.key(self.config.seed)
         self.score_predictor = ScorePredictor(sampler, sampling_params, key)
+        cfg = self.config
+        if cfg.verifier != "rule" and self.judge is None:
+            self.judge = build_model_judge(
+                cfg.judge_model, mesh=getattr(sampler, "mesh", None), max_new_tokens=cfg.judge_max_new_tokens,
+                greedy=cfg.judge_greedy, temperature=cfg.judge_temperature, max_prompt_len=cfg.judge_max_prompt_len,
+                batch_size=cfg.judge_batch_size, dtype=cfg.judge_dtype)
 
     # -- data ------------------------------------------------------------------------------------------
     def _raw_splits(self) -> tuple[list[Example], list[Example]]:
@@ -378,7 +441,38 @@ class RLEVMethod(Method):
 
     @property
     def feature_fn(self) -> FeatureFn:
-        return correctness_features
+        return correctness_features if self.config.verifier == "rule" else rule_features
+
+    @property
+    def uses_judge(self) -> bool:
+        return self.config.verifier != "rule"
+
+    def judge_features(
+        self, texts: Sequence[str], examples: Sequence[Example], features: Mapping[str, np.ndarray]
+    ) -> Mapping[str, np.ndarray]:
+        """The judge's verdicts as "correct" (see the module docstring for the routing); adds "judged".
+        Samples the pool failed on are not judged; failed verdicts make the sample's features NaN."""
+        verifier = self.config.verifier
+        if verifier == "rule":
+            return features
+        if self.judge is None:
+            raise RuntimeError(f"rlev.verifier={verifier!r} needs its judge: call attach_sampler(policy_sampler), "
+                               "which loads rlev.judge_model, or pass judge= to RLEVMethod")
+        n = len(texts)
+        pool_ok_n = np.ones(n, bool)
+        for values in features.values():
+            pool_ok_n &= ~np.isnan(np.asarray(values, np.float64))
+        if not features:
+            pool_ok_n[:] = False
+        ask_n = pool_ok_n
+        if verifier == "rule_or_model":
+            if features and "rule_decided" not in features:
+                raise KeyError("rlev.verifier='rule_or_model' needs the 'rule_decided' feature of rule_features")
+            ask_n = pool_ok_n & (np.nan_to_num(np.asarray(features.get("rule_decided", np.zeros(n)))) < 0.5)
+        self._judge_calls += 1
+        key = jax.random.fold_in(jax.random.key(self.config.seed), self._judge_calls)
+        return judge_correctness(self.judge, texts, [e["prompt"] for e in examples],
+                                 [str(e["answer"]) for e in examples], features, ask_n, key)
 
     def rewards(
         self, features: Mapping[str, np.ndarray], examples: Sequence[Example]
@@ -394,6 +488,8 @@ class RLEVMethod(Method):
             "value_scale": np.asarray(scale_n),
             "verifier_failed": np.isnan(correct_n).astype(np.float32),
         }
+        if "judged" in features:
+            components["judged"] = np.nan_to_num(np.asarray(features["judged"], np.float32), nan=0.0)
         return np.asarray(rewards_n), components
 
     def eval_metrics(
@@ -404,4 +500,6 @@ class RLEVMethod(Method):
         metrics["verifier_failed"] = float(np.isnan(correct_n).mean())
         if "has_answer" in features:
             metrics["has_answer"] = float(100.0 * np.nan_to_num(features["has_answer"]).mean())
+        if "judged" in features:
+            metrics["judged"] = float(100.0 * np.nan_to_num(features["judged"]).mean())
         return metrics

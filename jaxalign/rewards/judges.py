@@ -6,17 +6,25 @@ any model the sampler can run (a generative verifier with staged weights in real
 stub in tests). Anything other than a clear YES or NO is a failed verdict (`None`), which the caller counts
 and treats like a verifier failure.
 
+`rule_features` is the reward-pool feature function of the "rule_or_model" verifier: the rule-based
+features plus `rule_decided`, which marks the samples the rules settle on their own; only the others are
+sent to the judge.
+
 The sampler is anything with `generate_text(prompts, sampling_params, key, chat=True) -> list[list[str]]`
-(`jaxalign.rollout.Sampler`). This module does not import jax, so the reward pool's workers stay light.
+(`jaxalign.rollout.Sampler`); `build_model_judge` loads a judge model with a sampler of its own and
+`judge_correctness` turns verdicts into reward features. This module does not import jax (only
+`build_model_judge` does, when called), so the reward pool's workers stay light.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
-from jaxalign.rewards.verifiers import final_step
+import numpy as np
+
+from jaxalign.rewards.verifiers import correctness_features, final_step, option_letter
 
 JUDGE_SYSTEM_PROMPT = (
     "You check exam answers. You are given a question, the last step of a student's solution, and the "
@@ -68,12 +76,44 @@ def parse_yes_no(text: str) -> bool | None:
     return verdict
 
 
+_NUMERIC_REFERENCE_RE = re.compile(r"^[-+]?(?:\d[\d,]*(?:\.\d+)?|\.\d+)(?:\s*/\s*\d+)?\s*%?$")
+_LATEX_FRACTION_RE = re.compile(r"^[-+]?\\[dt]?frac\{\s*-?\d+\s*\}\{\s*\d+\s*\}$")
+
+
+def rule_checkable(reference: str) -> bool:
+    """Whether the rule-based verifier can judge answers to `reference` both ways: a number (integer,
+    decimal, fraction, percentage, `\\frac{a}{b}`) or an option letter. Text, expressions, lists and
+    anything else may have equivalent forms that only a model recognises."""
+    ref = str(reference).strip()
+    if ref.startswith("$") and ref.endswith("$") and len(ref) >= 2:
+        ref = ref.strip("$").strip()
+    if len(ref) <= 3 and option_letter(ref) is not None:
+        return True
+    return bool(_NUMERIC_REFERENCE_RE.match(ref) or _LATEX_FRACTION_RE.match(ref.replace(" ", "")))
+
+
+def rule_features(text: str, example: Mapping[str, Any]) -> dict[str, float]:
+    """Pool feature function: `correctness_features` plus "rule_decided" (0/1).
+
+    The rules decide a sample when they extracted an answer and either it matched the reference (a match
+    is sound whatever the reference) or the reference is `rule_checkable` (then a mismatch is a real one).
+    Samples without an extractable answer, and mismatches against text references, are undecided.
+    """
+    features = correctness_features(text, example)
+    decided = features["has_answer"] == 1.0 and (
+        features["correct"] == 1.0 or rule_checkable(str(example["answer"])))
+    features["rule_decided"] = float(decided)
+    return features
+
+
 @dataclasses.dataclass(frozen=True)
 class JudgeVerdict:
-    """One judged response: `correct` is None when the judge's reply could not be parsed."""
+    """One judged response: `correct` is None when the judge's reply could not be parsed, or when the judge
+    prompt was longer than the judge sampler accepts (`too_long`; then nothing was generated)."""
 
     correct: bool | None
     reply: str
+    too_long: bool = False
 
 
 class EquivalenceJudge:
@@ -84,14 +124,29 @@ class EquivalenceJudge:
       sampling_params: the sampler's parameters; a short greedy generation (`max_new_tokens` of 4-8) is
         enough for a YES/NO reply.
       max_final_chars: how much of the response's last line is shown to the judge.
+      batch_size: prompts per `generate_text` chunk (passed on when given).
+
+    When the sampler has `encode_prompt` and `max_prompt_len` (as `jaxalign.rollout.Sampler` does),
+    prompts longer than that are not sent; they get a failed verdict with `too_long=True`.
     """
 
-    def __init__(self, sampler: TextSampler, sampling_params: Any, *, max_final_chars: int = 400):
+    def __init__(self, sampler: TextSampler, sampling_params: Any, *, max_final_chars: int = 400,
+                 batch_size: int | None = None):
         if not hasattr(sampler, "generate_text"):
             raise TypeError(f"sampler {type(sampler).__name__} has no generate_text method")
+        if batch_size is not None and batch_size < 1:
+            raise ValueError(f"judge batch_size must be >= 1, got {batch_size}")
         self.sampler = sampler
         self.sampling_params = sampling_params
         self.max_final_chars = max_final_chars
+        self.batch_size = batch_size
+
+    def _fits(self, prompt: list[dict]) -> bool:
+        limit = getattr(self.sampler, "max_prompt_len", None)
+        encode = getattr(self.sampler, "encode_prompt", None)
+        if limit is None or not callable(encode):
+            return True
+        return len(encode(prompt, chat=True)) <= limit
 
     def judge(
         self, questions: Sequence[str], responses: Sequence[str], references: Sequence[str], key: Any
@@ -108,13 +163,18 @@ class EquivalenceJudge:
             judge_messages(q, r, ref, max_final_chars=self.max_final_chars)
             for q, r, ref in zip(questions, responses, references)
         ]
-        replies = self.sampler.generate_text(prompts, self.sampling_params, key, chat=True)
-        if len(replies) != len(prompts):
-            raise RuntimeError(f"sampler returned {len(replies)} reply lists for {len(prompts)} prompts")
-        verdicts = []
-        for reply_list in replies:
+        sent = [i for i, prompt in enumerate(prompts) if self._fits(prompt)]
+        replies: list[Any] = []
+        if sent:
+            kwargs = {} if self.batch_size is None else {"batch_size": self.batch_size}
+            replies = self.sampler.generate_text([prompts[i] for i in sent], self.sampling_params, key,
+                                                 chat=True, **kwargs)
+        if len(replies) != len(sent):
+            raise RuntimeError(f"sampler returned {len(replies)} reply lists for {len(sent)} prompts")
+        verdicts = [JudgeVerdict(None, "", too_long=True) for _ in prompts]
+        for i, reply_list in zip(sent, replies):
             reply = reply_list[0] if reply_list else ""
-            verdicts.append(JudgeVerdict(parse_yes_no(reply), reply))
+            verdicts[i] = JudgeVerdict(parse_yes_no(reply), reply)
         return verdicts
 
     def correctness_features(
@@ -126,3 +186,72 @@ class EquivalenceJudge:
             "correct": [float("nan") if v.correct is None else float(v.correct) for v in verdicts],
             "judge_failed": [float(v.correct is None) for v in verdicts],
         }
+
+
+def judge_correctness(
+    judge: EquivalenceJudge,
+    texts: Sequence[str],
+    questions: Sequence[str],
+    references: Sequence[str],
+    features: Mapping[str, Any],
+    ask_n: Any,
+    key: Any,
+) -> dict[str, np.ndarray]:
+    """Reward features with the judge's verdicts for the samples `ask_n` marks (bool [n]).
+
+    Returns new float arrays (the inputs are not modified): "correct" is the verdict (1/0) where the judge
+    was asked and the input's value elsewhere (NaN when missing); "judged" is 1 where it was asked. A failed
+    verdict (unparsable reply, prompt too long) sets every feature of that sample to NaN: a failed sample.
+    """
+    n = len(texts)
+    if not n == len(questions) == len(references) == len(ask_n):
+        raise ValueError(f"judge_correctness needs one question, reference and routing flag per text ({n}); got "
+                         f"{len(questions)}, {len(references)}, {len(ask_n)}")
+    out = {name: np.array(values, np.float64).reshape(n) for name, values in features.items()}
+    out.setdefault("correct", np.full(n, np.nan))
+    asked = np.flatnonzero(np.asarray(ask_n, bool))
+    out["judged"] = np.zeros(n)
+    out["judged"][asked] = 1.0
+    if len(asked) == 0:
+        return out
+    verdicts = judge.judge([questions[i] for i in asked], [texts[i] for i in asked],
+                           [references[i] for i in asked], key)
+    for i, verdict in zip(asked, verdicts):
+        if verdict.correct is None:
+            for values in out.values():
+                values[i] = np.nan
+        else:
+            out["correct"][i] = float(verdict.correct)
+    return out
+
+
+def build_model_judge(
+    spec: str,
+    *,
+    mesh: Any = None,
+    max_new_tokens: int = 8,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    max_prompt_len: int = 1024,
+    batch_size: int = 64,
+    dtype: str = "bfloat16",
+) -> EquivalenceJudge:
+    """An `EquivalenceJudge` over a model of its own: `load_model(spec, mesh=mesh, role="sample")` (an HF
+    directory, a .gguf file or a named alias) run by its own `jaxalign.rollout.Sampler` on `mesh`.
+
+    `dtype` is the judge's parameter, compute and KV cache dtype. The prompt limit is cut to what the
+    model's positions allow after `max_new_tokens`. jax is imported here, not at module import.
+    """
+    from jaxalign.models import load_model
+    from jaxalign.rollout import Sampler, SamplingParams
+
+    model, tokenizer = load_model(spec, mesh=mesh, role="sample", param_dtype=dtype, dtype=dtype)
+    if tokenizer is None:
+        raise ValueError(f"judge model {spec!r} has no tokenizer, and a judge reads text: use an HF model "
+                         "directory with tokenizer files, a .gguf file or smollm2-135m-instruct")
+    max_prompt_len = min(max_prompt_len, model.cfg.max_position_embeddings - max_new_tokens)
+    sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=max_prompt_len, cache_dtype=dtype)
+    del model  # the sampler holds its own copy of the weights
+    sampling_params = SamplingParams(max_new_tokens=max_new_tokens, greedy=greedy,
+                                     temperature=1.0 if greedy else temperature, n=1)
+    return EquivalenceJudge(sampler, sampling_params, batch_size=batch_size)

@@ -6,14 +6,19 @@ One step, for each agent (single-policy methods have one; nothing here assumes o
      example's own `prompt_ids` for token-level methods), overlong ones truncated or dropped;
   2. `Sampler.generate` with n samples per prompt and the key fold_in(seed key, step);
   3. the method's feature function in the `RewardPool` (failed samples: zero loss weight, counted), the
-     method's rewards; with dynamic sampling, groups whose rewards are all equal are dropped and more
-     prompts are sampled (bounded tries), keeping the batch shape fixed;
+     method's `judge_features` hook (model-based verification; a NaN verdict fails the sample and is
+     counted), the method's rewards; with dynamic sampling, groups whose rewards are all equal are dropped
+     and more prompts are sampled (bounded tries), keeping the batch shape fixed;
   4. old (optional) and reference (when a KL term needs it) log-probs, with a learned critic (estimator
      "gae") its values, then advantages (and the critic's returns) over the whole batch;
   5. per epoch and mini-batch: loss weights over the mini-batch, micro-batches stacked on a leading axis,
      one jitted `train_step` (and a separate critic's step on the same micro-batches; see
      `jaxalign.train.agents`); a non-finite loss stops the run before anything is saved;
   6. `sampler.update_params` (timed), metrics, samples, checkpoint, SIGTERM check.
+
+Per-phase timings (`time/<phase>_s`, summed over dynamic-sampling tries; `time/step_s` is their sum):
+generate, reward (pool + rewards), judge (methods with `uses_judge`), logprobs (old and reference),
+values (critic), advantages, update, weight_sync.
 
 Multi-host: when `JAX_COORDINATOR_ADDRESS` or a TPU/SLURM multi-process environment is detected,
 `jax.distributed.initialize()` runs first; every host walks the same prompt order and samples its own
@@ -26,6 +31,7 @@ import dataclasses
 import functools
 import logging
 import os
+import weakref
 from typing import Any, Callable
 
 import jax
@@ -124,15 +130,44 @@ def _texts(rollout, tokenizer) -> list[str]:
     ]
 
 
-def score(method, pool, texts: list[str], examples: list[dict]):
-    """Features, rewards (failed samples filled per group later), components and the ok mask."""
+_ATTACHED: "weakref.WeakKeyDictionary[Any, Any]" = weakref.WeakKeyDictionary()
+
+
+def attach_models(method, sampler) -> None:
+    """Calls the method's optional `attach_sampler(sampler)` hook once per (method, sampler): methods that
+    need a model at data or scoring time (predicted values, a judge model) get the policy's sampler."""
+    hook = getattr(method, "attach_sampler", None)
+    if callable(hook) and _ATTACHED.get(method) is not sampler:
+        hook(sampler)
+        _ATTACHED[method] = sampler
+
+
+def score(method, pool, texts: list[str], examples: list[dict], timer=None):
+    """Scores responses: the pool's feature function, the method's `judge_features` hook, its rewards.
+
+    Returns features, rewards (failed samples filled per group later), components, the ok mask and the
+    judge-failure mask (pool ok, but a feature is NaN after the hook). Timed into `timer`'s "reward" and,
+    for methods with `uses_judge`, "judge" phases.
+    """
     from jaxalign.rewards.pool import collect_features
 
-    results = pool.map(method.feature_fn, list(zip(texts, examples)))
-    features = collect_features(results)
+    timer = timer if timer is not None else metrics_lib.PhaseTimer()
+    with timer("reward"):
+        results = pool.map(method.feature_fn, list(zip(texts, examples)))
+        features = collect_features(results)
     ok_n = np.array([r.ok for r in results], bool)
-    rewards_n, components = method.rewards(features, examples)
-    return features, np.asarray(rewards_n, np.float32), components, ok_n
+    judge = getattr(method, "judge_features", None)
+    if callable(judge):
+        with timer("judge" if getattr(method, "uses_judge", False) else "reward"):
+            features = judge(texts, examples, features)
+    not_nan_n = np.ones(len(texts), bool)
+    for values in features.values():
+        not_nan_n &= ~np.isnan(np.asarray(values, np.float64))
+    judge_failed_n = ok_n & ~not_nan_n
+    ok_n = ok_n & not_nan_n
+    with timer("reward"):
+        rewards_n, components = method.rewards(features, examples)
+    return features, np.asarray(rewards_n, np.float32), components, ok_n, judge_failed_n
 
 
 def _sampling_params(config: ExperimentConfig, *, greedy: bool, n: int):
@@ -147,7 +182,8 @@ def _sampling_params(config: ExperimentConfig, *, greedy: bool, n: int):
 
 
 def evaluate(config, method, agent, tokenizer, pool, eval_examples, encode, counters) -> dict[str, float]:
-    """Greedy responses to the eval split, scored with the method's `eval_metrics`."""
+    """Greedy responses to the eval split, scored with the method's `eval_metrics` (judge included)."""
+    attach_models(method, agent.sampler)
     examples = eval_examples[: config.train.eval_examples or len(eval_examples)]
     kept, prompts = [], []
     for example in examples:
@@ -165,9 +201,11 @@ def evaluate(config, method, agent, tokenizer, pool, eval_examples, encode, coun
         rollout = agent.sampler.generate(prompts[start:start + batch], sp, jax.random.key(0))
         texts += _texts(rollout, tokenizer)
         lengths.append(rollout.lengths_n)
-    features, _, _, ok_n = score(method, pool, texts, kept)
+    features, _, _, ok_n, judge_failed_n = score(method, pool, texts, kept)
     out = dict(method.eval_metrics(features, kept, np.concatenate(lengths)))
     out["eval/failed"] = float((~ok_n).sum())
+    if getattr(method, "uses_judge", False):
+        out["eval/judge_failed"] = float(judge_failed_n.sum())
     return {k if k.startswith("eval/") else f"eval/{k}": float(v) for k, v in out.items()}
 
 
@@ -180,22 +218,29 @@ def _global(array_np: np.ndarray, mesh, batch_axis: int):
     return jax.make_array_from_process_local_data(NamedSharding(mesh, P(*spec)), array_np)
 
 
-def collect_rollouts(config, method, agent, tokenizer, pool, stream, train_examples, encode, counters, key):
+def collect_rollouts(config, method, agent, tokenizer, pool, stream, train_examples, encode, counters, key,
+                     timer=None):
     """Samples one step's groups (with dynamic-sampling refills); returns the rollout dict, examples per
-    sample, rewards, ok mask, components and rollout stats."""
+    sample, rewards, ok mask, components and rollout stats. Generation, reward and judge time go to
+    `timer`'s phases, summed over tries."""
+    timer = timer if timer is not None else metrics_lib.PhaseTimer()
     r = config.rollout
     n = r.samples_per_prompt
     sp = _sampling_params(config, greedy=False, n=n)
     parts, examples_n, rewards, oks, comps, informative = [], [], [], [], [], []
+    judge_failed = 0
     tries = r.dynamic_sampling_max_tries if r.dynamic_sampling else 1
     for attempt in range(tries):
         examples, prompt_ids = batching.next_prompts(
             stream, train_examples, encode, r.prompts_per_step, max_len=r.max_prompt_len,
             mode=r.overlong_prompts, counters=counters,
         )
-        rollout = agent.sampler.generate(prompt_ids, sp, jax.random.fold_in(key, attempt))
+        with timer("generate"):
+            rollout = agent.sampler.generate(prompt_ids, sp, jax.random.fold_in(key, attempt))
         ex_n = [examples[i // n] for i in range(len(examples) * n)]
-        _, rewards_n, components, ok_n = score(method, pool, _texts(rollout, tokenizer), ex_n)
+        _, rewards_n, components, ok_n, judge_failed_n = score(method, pool, _texts(rollout, tokenizer), ex_n,
+                                                               timer)
+        judge_failed += int(judge_failed_n.sum())
         # A non-finite reward is a failed sample like a failed feature: no loss, no effect on its baseline.
         ok_n = ok_n & np.isfinite(rewards_n)
         rewards_n = batching.fill_failed_rewards(rewards_n, ok_n, n)
@@ -222,6 +267,8 @@ def collect_rollouts(config, method, agent, tokenizer, pool, stream, train_examp
         "rollout/informative_groups": float(informative_g[groups].sum()),
         "rollout/failed": float((~ok_n).sum()),
     }
+    if getattr(method, "uses_judge", False):  # over every try: the judge's work, kept or not
+        stats["rollout/judge_failed"] = float(judge_failed)
     return merged, [examples_n[i] for i in index_n], rewards_n, ok_n, components, stats
 
 
@@ -233,14 +280,14 @@ def _batch_for_estimator(config, agent, seqs, rewards_n, group_ids_n, mesh, time
     valid = _global(seqs.valid_nt.astype(bool), mesh, 0)
     positions = _global(batching.positions_np(seqs.valid_nt), mesh, 0)
     if config.algorithm.recompute_old_logprobs:
-        with timer("old_logprobs"):
+        with timer("logprobs"):
             old_logp, _ = agent.logprob_fn(agent.policy_params, tokens, valid, positions)
             old_logp.block_until_ready()
     else:
         old_logp = _global(seqs.sampler_logp_nt, mesh, 0)
     ref_logp = None
     if agent.ref_params is not None:
-        with timer("ref_logprobs"):
+        with timer("logprobs"):
             ref_logp, _ = agent.logprob_fn(agent.ref_params, tokens, valid, positions)
             ref_logp.block_until_ready()
     values = None
@@ -278,9 +325,7 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
     method = get_method(config.method)(config.method_config)
     agent, tokenizer, model_cfg = build_agent(config, mesh)
     agents = [agent]
-    attach_sampler = getattr(method, "attach_sampler", None)
-    if callable(attach_sampler):  # methods that need a model at data time (e.g. predicted values)
-        attach_sampler(agent.sampler)
+    attach_models(method, agent.sampler)  # models at data or scoring time (predicted values, a judge)
     train_examples, eval_examples = method.load_data()
     data_report = getattr(method, "data_report", None)
     if data_report and is_main:
@@ -329,10 +374,9 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
                 key = jax.random.fold_in(base_key, step)
                 record: dict[str, float] = {}
                 for a in agents:
-                    with timer("generate_and_reward"):
-                        rollout, examples_n, rewards_n, ok_n, components, stats = collect_rollouts(
-                            config, method, a, tokenizer, pool, stream, train_examples, encode, counters, key
-                        )
+                    rollout, examples_n, rewards_n, ok_n, components, stats = collect_rollouts(
+                        config, method, a, tokenizer, pool, stream, train_examples, encode, counters, key, timer
+                    )
                     n = config.rollout.samples_per_prompt
                     width = batching.bucket(rollout["prompt_ids_np"].shape[1], PROMPT_BUCKET,
                                             config.rollout.max_prompt_len)
