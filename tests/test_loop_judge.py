@@ -208,9 +208,10 @@ def test_training_run_judges_every_sample_with_a_judge_model(model_dirs, tmp_pat
     cd = apply_overrides(cd, {k: str(v) for k, v in overrides.items()})
     import ml_collections
 
-    cd.rlev = ml_collections.ConfigDict(dict(
-        verifier="model", judge_model=model_dirs["yes_judge"], judge_dtype="float32", judge_max_new_tokens=2,
-        judge_max_prompt_len=256, num_train=16, num_eval=4, reward="human"))
+    with cd.unlocked():
+        cd.rlev = ml_collections.ConfigDict(dict(
+            verifier="model", judge_model=model_dirs["yes_judge"], judge_dtype="float32", judge_max_new_tokens=2,
+            judge_max_prompt_len=256, num_train=16, num_eval=4, reward="human"))
     result = loop.train(from_config_dict(cd), tmp_path)
     (record,) = result.history
     assert record["rollout/judge_failed"] == 0 and record["rollout/failed"] == 0

@@ -5,7 +5,16 @@ import re
 
 import pytest
 
-from jaxalign.rewards.judges import EquivalenceJudge, judge_messages, parse_yes_no
+import numpy as np
+
+from jaxalign.rewards.judges import (
+    EquivalenceJudge,
+    judge_correctness,
+    judge_messages,
+    parse_yes_no,
+    rule_checkable,
+    rule_features,
+)
 
 
 class StubSampler:
@@ -92,6 +101,65 @@ def test_judge_input_errors():
     judge = EquivalenceJudge(StubSampler(oracle_reply), sampling_params=None)
     with pytest.raises(ValueError, match="as many questions"):
         judge.judge(["q"], ["a", "b"], ["1"], key=None)
+
+
+@pytest.mark.parametrize("reference, checkable", [
+    ("42", True), ("-3.5", True), ("1,000", True), ("3/4", True), ("12.5%", True), ("\\frac{1}{2}", True),
+    ("$\\dfrac{3}{4}$", True), ("B", True), ("(c)", True),
+    ("Paris", False), ("x^2 + 1", False), ("[1, 2]", False), ("ABC", False), ("5 cm", False), ("", False),
+])
+def test_rule_checkable_references(reference, checkable):
+    assert rule_checkable(reference) is checkable
+
+
+def test_rule_features_mark_what_the_rules_decide():
+    assert rule_features("Answer: 5", {"answer": "5"}) == {"correct": 1.0, "has_answer": 1.0, "rule_decided": 1.0}
+    assert rule_features("Answer: 6", {"answer": "5"})["rule_decided"] == 1.0  # a numeric mismatch is final
+    assert rule_features("no idea", {"answer": "5"})["rule_decided"] == 0.0  # nothing extracted
+    assert rule_features("Answer: Paris", {"answer": "Paris"})["rule_decided"] == 1.0  # an exact match
+    assert rule_features("Answer: the French capital", {"answer": "Paris"})["rule_decided"] == 0.0
+
+
+class SizedStubSampler(StubSampler):
+    """A stub with the real sampler's prompt limit: one token per word of the judge prompt."""
+
+    max_prompt_len = 150
+
+    def encode_prompt(self, prompt, *, chat=True):
+        return " ".join(m["content"] for m in prompt).split()
+
+    def generate_text(self, prompts, sp, key, *, chat=True, batch_size=64):
+        self.batch_size = batch_size
+        return super().generate_text(prompts, sp, key, chat=chat)
+
+
+def test_over_long_prompts_are_not_sent_and_fail():
+    sampler = SizedStubSampler(oracle_reply)
+    judge = EquivalenceJudge(sampler, sampling_params=None, batch_size=3)
+    long_question = "How many? " * 40
+    verdicts = judge.judge(["What is 2 + 2?", long_question, "What is 1 + 1?"], ["Answer: 4", "Answer: 4", "Answer: 5"],
+                           ["4", "4", "2"], key=None)
+    assert [v.correct for v in verdicts] == [True, None, False]
+    assert [v.too_long for v in verdicts] == [False, True, False]
+    (prompts, _, _, _), = sampler.calls
+    assert len(prompts) == 2 and sampler.batch_size == 3
+
+
+def test_judge_correctness_routes_and_fails_samples():
+    sampler = StubSampler(lambda messages: "YES" if "Answer: 4" in messages[-1]["content"] else "unsure")
+    judge = EquivalenceJudge(sampler, sampling_params=None)
+    features = {"correct": np.array([0.0, 1.0, 0.0, np.nan]), "has_answer": np.array([1.0, 1.0, 1.0, np.nan])}
+    before = {k: v.copy() for k, v in features.items()}
+    out = judge_correctness(judge, ["Answer: 4", "Answer: 9", "Answer: 5", "x"], ["q"] * 4, ["4"] * 4, features,
+                            np.array([True, False, True, False]), key=None)
+    np.testing.assert_array_equal(out["correct"], [1.0, 1.0, np.nan, np.nan])
+    np.testing.assert_array_equal(out["has_answer"], [1.0, 1.0, np.nan, np.nan])
+    np.testing.assert_array_equal(out["judged"], [1.0, 0.0, np.nan, 0.0])
+    for name in before:  # the inputs are untouched
+        np.testing.assert_array_equal(features[name], before[name])
+    assert len(sampler.calls[0][0]) == 2
+    with pytest.raises(ValueError, match="one question, reference and routing flag"):
+        judge_correctness(judge, ["a"], ["q", "q"], ["1"], {}, [True], key=None)
 
 
 class ByteTokenizer:
