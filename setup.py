@@ -48,7 +48,6 @@ setup(
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["jaxalign=jaxalign.cli:main"]},
     classifiers=[
-        "License :: OSI Approved :: Apache Software License",
         "Programming Language :: Python :: 3",
     ],
 )
