@@ -205,7 +205,9 @@ def eval_table(before: Mapping[str, float], after: Mapping[str, float]) -> str:
     return "\n".join(lines)
 
 
-REPORT_CURVES = ("reward/mean", "loss/kl", "loss/policy", "response/length_mean", "perf/tokens_per_s", "rollout/failed")
+REPORT_CURVES = ("reward/mean", "loss/kl", "loss/entropy", "response/length_mean", "perf/tokens_per_s",
+                 "rollout/failed")
+HIDDEN_WHEN_ZERO = ("loss/kl",)  # a run without a KL term gets no flat-zero KL panel
 
 
 def write_report(workdir: str | os.PathLike, title: str = ""):
@@ -220,7 +222,8 @@ def write_report(workdir: str | os.PathLike, title: str = ""):
     evals = [r for r in records if r["kind"] == "eval"]
     if not train:
         return None
-    curves = [k for k in REPORT_CURVES if any(_is_number(r.get(k)) for r in train)]
+    curves = [k for k in REPORT_CURVES if any(_is_number(r.get(k)) for r in train)
+              and not (k in HIDDEN_WHEN_ZERO and all(not r.get(k) for r in train))]
     panels = len(curves) + (1 if len(evals) >= 2 else 0)
     cols = min(3, max(panels, 1))
     rows = math.ceil(max(panels, 1) / cols)
