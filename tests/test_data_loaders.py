@@ -176,3 +176,38 @@ def test_embedded_exam_answers_are_right():
             assert eval(expression) == int(example["answer"]), prompt  # noqa: S307 - our own generated text
             checked += 1
     assert checked > 100
+
+
+def test_tfds_rows_through_load_rows_and_the_rlev_schema(monkeypatch):
+    """`tfds:<name>` goes through TFDS's `load` + `as_numpy` interface; bytes become str, 0-d arrays
+    Python scalars, and the rows parse in the RLEV schema. A stand-in module plays TFDS (the real package
+    needs TensorFlow, which the CI machine does not install)."""
+    import sys
+    import types
+
+    import numpy as np
+
+    from jaxalign.data import parse_rows
+
+    calls = []
+    rows = [
+        {"query": b"What is 2 + 2?", "label": b"4", "score": np.array(3.0), "total": np.array(100.0)},
+        {"query": b"Name the capital of France.", "label": b"Paris", "score": np.array(5.0),
+         "total": np.array(50.0)},
+        {"query": b"unused", "label": b"x", "score": np.array(1.0), "total": np.array(10.0)},
+    ]
+    fake = types.ModuleType("tensorflow_datasets")
+    fake.load = lambda name, split, data_dir=None: calls.append((name, split)) or rows
+    fake.as_numpy = lambda dataset: iter(dataset)
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
+
+    loaded = load_rows("tfds:rlev_exam", split="test", limit=2)
+    assert calls == [("rlev_exam", "test")]
+    assert loaded == [
+        {"query": "What is 2 + 2?", "label": "4", "score": 3.0, "total": 100.0},
+        {"query": "Name the capital of France.", "label": "Paris", "score": 5.0, "total": 50.0},
+    ]
+    assert all(type(r["score"]) is float and type(r["query"]) is str for r in loaded)
+    examples, report = parse_rows(loaded, "rlev")
+    assert [e["value"] for e in examples] == [pytest.approx(0.03), pytest.approx(0.1)]
+    assert (report.num_rows, report.num_kept, report.num_skipped) == (2, 2, 0)

@@ -28,6 +28,9 @@ def builder_for_file(path: str) -> str:
         raise ValueError(f"cannot load {path!r}: unknown data file extension {extension!r} (known: {known})") from None
 
 
+TFDS_PREFIX = "tfds:"
+
+
 def load_rows(
     source: str,
     *,
@@ -39,12 +42,14 @@ def load_rows(
 
     Args:
       source: a local data file (.json, .jsonl, .parquet, .csv; the whole file is the split), a local
-        folder laid out as a `datasets` repository, or a hub dataset name (read from the local cache when
-        offline).
+        folder laid out as a `datasets` repository, a hub dataset name (read from the local cache when
+        offline), or `tfds:<name>` for a TensorFlow Datasets dataset (see `load_tfds_rows`).
       split: the split to read (ignored for a single file).
       name: the dataset configuration (subset) name, if the dataset has several.
       limit: keep only the first `limit` rows.
     """
+    if source.startswith(TFDS_PREFIX):
+        return load_tfds_rows(source[len(TFDS_PREFIX):], split=split, limit=limit)
     import datasets
 
     if os.path.isfile(source):

@@ -216,7 +216,7 @@ class RLEVConfig:
       alpha: value scale in s(x) = 1 + min(alpha * v, 1).
       value_source: where training values come from, one of VALUE_SOURCES.
       dataset: "embedded_exam" (alias "embedded"), "rlev" or "webinstruct" (hub names, read from the local
-        cache), or a local data file or dataset folder.
+        cache), a local data file or dataset folder, or `tfds:<name>` (TensorFlow Datasets).
       schema: row schema of a local dataset: "auto", "rlev" or "webinstruct".
       hub_config: dataset configuration (subset) name, e.g. a language.
       train_split, eval_split: split names of hub datasets and folders.
