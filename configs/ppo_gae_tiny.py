@@ -9,14 +9,11 @@ value_coef * value loss). The reward is the fraction of response tokens with an 
 """
 
 import common
-import ml_collections
+import tiny_test
 
 
 def get_config(arg=None):
-    c = common.base_config()
-    c.method = "toy_token"
-    c.model.spec = "random:tiny"
-    common.set_estimator(c, "gae")
+    c = tiny_test.get_config("gae")  # the same toy task, model and schedule as the tiny smoke test
     c.algorithm.advantage.gamma = 1.0
     c.algorithm.advantage.lam = 1.0
     c.algorithm.loss.value_clip = 0.5
@@ -28,18 +25,4 @@ def get_config(arg=None):
         c.critic = common.critic_section(mode, head_init_std=0.0, learning_rate=1e-3)
     c.rollout.prompts_per_step = 32
     c.rollout.samples_per_prompt = 1
-    c.rollout.max_prompt_len = 8
-    c.rollout.max_new_tokens = 8
-    c.optim.learning_rate = 1e-2
-    c.train.steps = 16
-    c.train.eval_every = 8
-    c.train.eval_examples = 8
-    c.checkpoint.every = 4
-    c.checkpoint.async_save = False
-    c.logging.progress = True
-    c.logging.tensorboard = False
-    c.logging.report = False
-    c.rewards.num_workers = 1
-    c.rewards.timeout_s = 30.0
-    c.toy_token = ml_collections.ConfigDict(dict(target_below=16, num_train=64, num_eval=8, prompt_len=6))
     return c
