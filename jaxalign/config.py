@@ -421,10 +421,6 @@ def _validate_names(config: ExperimentConfig) -> None:
                                                          config.algorithm.epochs > 1):
         raise ConfigError("algorithm.recompute_old_logprobs=False is exact only with one mini-batch and one "
                           "epoch per step; set it True or use mini_batches=1, epochs=1")
-    try:
-        import jaxalign.train.state  # noqa: F401
-    except ImportError:  # the train state lands separately; the optimizer section is checked when it exists
-        return
     config.optim.optim_config()
 
 
@@ -469,10 +465,6 @@ def _validate_critic(config: ExperimentConfig) -> None:
         if float(config.algorithm.loss.get("value_coef", 0.5)) <= 0:
             raise ConfigError("critic.mode='shared' trains the value head through algorithm.loss.value_coef * "
                               "value_loss, so value_coef must be > 0; raise it or use a separate critic")
-    try:
-        import jaxalign.train.state  # noqa: F401
-    except ImportError:
-        return
     critic.optim_config(config.optim)
 
 

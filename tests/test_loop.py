@@ -7,28 +7,12 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-import jaxalign.models as models
 from jaxalign.config import apply_overrides, from_config_dict, load_config_file
 from jaxalign.methods.base import METHODS, register
 from jaxalign.train import loop
 from jaxalign.train.checkpoint import Checkpointer
 from jaxalign.train.metrics import read_metrics
 from jaxalign.train.toy_task import ToyTokenMethod, token_features
-
-
-def _random_tiny(spec, *, mesh=None, role="train", param_dtype=None, dtype=None):
-    """load_model("random:tiny") stand-in for trees without the model registry."""
-    from jaxalign.models.config import get_preset
-    from jaxalign.sharding import create_sharded
-
-    assert spec == "random:tiny"
-    return create_sharded(get_preset("tiny"), mesh, role), None
-
-
-@pytest.fixture(autouse=True)
-def _loader(monkeypatch):
-    if not hasattr(models, "load_model"):
-        monkeypatch.setattr(models, "load_model", _random_tiny, raising=False)
 
 
 def _config(**overrides):

@@ -163,7 +163,7 @@ def build_from_source(cfg: ModelConfig, source: TensorSource, *, mesh: Mesh | No
             device_array = jnp.asarray(host)
         else:
             target = flat_shardings[mapping.path].get_value()
-            device_array = jax.make_array_from_callback(host.shape, target, lambda index: host[index])
+            device_array = jax.make_array_from_callback(host.shape, target, lambda index, host=host: host[index])
         loaded[mapping.path] = variable.replace(device_array)
         del host, per_layer
     if set(loaded) != set(flat_abstract):

@@ -35,7 +35,6 @@ import weakref
 from typing import Any, Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.config import ExperimentConfig
