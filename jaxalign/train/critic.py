@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import Mesh
 
 from jaxalign.algorithms.logprobs import logprobs_from_hidden
 from jaxalign.algorithms.losses import (
@@ -51,13 +51,13 @@ from jaxalign.algorithms.losses import (
 )
 from jaxalign.train.state import TrainState
 from jaxalign.train.step import (
-    BATCH_AXES,
     OPTIONAL_KEYS,
     REQUIRED_KEYS,
     accumulate_gradients,
     apply_gradients,
     check_batch_keys,
     empty_metric_sums,
+    jit_over_rows,
     jit_step,
 )
 
@@ -161,18 +161,7 @@ def make_value_fn(graphdef: nnx.GraphDef, *, mesh: Mesh | None = None) -> Callab
     def fn(params, tokens_bt, valid_bt, positions_bt):
         return _token_values(graphdef, params, tokens_bt, valid_bt, positions_bt)
 
-    if mesh is None:
-        return jax.jit(fn)
-    rows = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
-    jitted = {}
-
-    def value_fn(params, tokens_bt, valid_bt, positions_bt):
-        if "fn" not in jitted:
-            param_sh = jax.tree.map(lambda x: x.sharding, params)
-            jitted["fn"] = jax.jit(fn, in_shardings=(param_sh, rows, rows, rows), out_shardings=rows)
-        return jitted["fn"](params, tokens_bt, valid_bt, positions_bt)
-
-    return value_fn
+    return jit_over_rows(fn, mesh, num_outputs=1)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -226,18 +226,27 @@ def make_logprob_fn(
     def fn(params, tokens_bt, valid_bt, positions_bt):
         return _logprobs(graphdef, params, tokens_bt, valid_bt, positions_bt, temperature, chunk_size)
 
+    return jit_over_rows(fn, mesh, num_outputs=2)
+
+
+def jit_over_rows(fn: Callable, mesh: Mesh | None, *, num_outputs: int) -> Callable:
+    """Jits `fn(params, *arrays_bt)` for inference over a batch: with a mesh, every [b, ...] input and each of
+    the `num_outputs` outputs is split over ("data", "fsdp") along b, and the parameters keep the shardings
+    they have at the first call (the function is compiled then)."""
     if mesh is None:
         return jax.jit(fn)
     rows = NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+    out_shardings = rows if num_outputs == 1 else (rows,) * num_outputs
     jitted = {}
 
-    def logprob_fn(params, tokens_bt, valid_bt, positions_bt):
+    def call(params, *arrays_bt):
         if "fn" not in jitted:
             param_sh = jax.tree.map(lambda x: x.sharding, params)
-            jitted["fn"] = jax.jit(fn, in_shardings=(param_sh, rows, rows, rows), out_shardings=(rows, rows))
-        return jitted["fn"](params, tokens_bt, valid_bt, positions_bt)
+            jitted["fn"] = jax.jit(fn, in_shardings=(param_sh,) + (rows,) * len(arrays_bt),
+                                   out_shardings=out_shardings)
+        return jitted["fn"](params, *arrays_bt)
 
-    return logprob_fn
+    return call
 
 
 def train_flops_per_token(model_cfg, seq_len: int) -> float:
