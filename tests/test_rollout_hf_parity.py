@@ -47,7 +47,7 @@ def ours(gguf_path):
     assert len({len(p) for p in prompts}) == 3, "prompts should have different lengths"
     rollout = sampler.generate(prompts, SamplingParams(max_new_tokens=NEW_TOKENS, greedy=True),
                                jax.random.key(0))
-    return prompts, rollout, tokenizer
+    return prompts, rollout, tokenizer, sampler
 
 
 def load_transformers_gguf(path, torch, transformers):
@@ -72,7 +72,7 @@ def load_transformers_gguf(path, torch, transformers):
 def reference(gguf_path, ours):
     torch = pytest.importorskip("torch")
     transformers = pytest.importorskip("transformers")
-    prompts, _, tokenizer = ours
+    prompts, _, tokenizer, _ = ours
     hf_model = load_transformers_gguf(gguf_path, torch, transformers)
     outputs = []
     with torch.no_grad():
@@ -86,7 +86,7 @@ def reference(gguf_path, ours):
 
 
 def test_greedy_matches_transformers_generate(ours, reference):
-    _, rollout, tokenizer = ours
+    _, rollout, tokenizer, _ = ours
     for i, expected in enumerate(reference):
         got = rollout.response_ids_np[i, : rollout.lengths_n[i]].tolist()
         assert got == expected, f"prompt {i}: ours {got} vs transformers {expected}"
@@ -96,3 +96,36 @@ def test_greedy_matches_transformers_generate(ours, reference):
         text_ids = expected[:-1] if expected[-1] in tokenizer.eos_token_ids else expected
         assert rollout.texts[i] == tokenizer.decode(text_ids)
     assert np.all(rollout.logprobs_np[rollout.response_mask_np == 1] <= 0)
+
+
+def test_token_bytes_concatenate_to_the_decoded_text(ours):
+    """The byte table behind on-device stop strings reproduces `decode` exactly."""
+    _, rollout, tokenizer, _ = ours
+    table = tokenizer.token_bytes
+    assert table is not None and len(table) == tokenizer.vocab_size
+    assert all(table[i] == b"" for i in tokenizer.eos_token_ids)
+    texts = ["<payoff>{\"DQ_DA\": {\"LLM\": 4.2}}</payoff>\n\n", "Ünïcödé 漢字 🙂 x²", "  \t 12,345.6 ", *rollout.texts]
+    sequences = [tokenizer.encode(t) for t in texts]
+    sequences += [row[:length].tolist() for row, length in zip(rollout.response_ids_np, rollout.lengths_n)]
+    for ids in sequences:
+        assert b"".join(table[i] for i in ids) == tokenizer.decode(ids).encode("utf-8"), ids
+
+
+def test_stop_string_ends_generation_on_device(ours):
+    """A stop string spanning token boundaries ends each response on the token that completes it, the
+    text matches the unstopped greedy text cut after the stop string, and the loop exits early."""
+    from jaxalign.rollout import SamplingParams
+
+    prompts, base, tokenizer, sampler = ours
+    stops = [text[8:14] for text in base.texts]  # a 6-character piece from the middle of each text
+    got = sampler.generate(prompts, SamplingParams(max_new_tokens=NEW_TOKENS, greedy=True,
+                                                   stop_strings=tuple(stops)), jax.random.key(0))
+    assert got.finish_reasons == ["stop"] * 3
+    for i, text in enumerate(base.texts):
+        end = min(text.find(s) + len(s) for s in stops if s in text)
+        assert got.texts[i] == text[:end]
+        length = int(got.lengths_n[i])
+        np.testing.assert_array_equal(got.response_ids_np[i, :length], base.response_ids_np[i, :length])
+        before_last = tokenizer.decode(got.response_ids_np[i, : length - 1])
+        assert not any(s in before_last for s in stops), "stopped later than the completing token"
+    assert sampler.last_stats["decode_steps"] == int(got.lengths_n.max()) < NEW_TOKENS

@@ -63,9 +63,59 @@ class Tokenizer:
                                            tokenize=False)
         return self.encode(text, add_special_tokens=False)
 
+    @functools.cached_property
+    def token_bytes(self) -> tuple[bytes, ...] | None:
+        """The exact UTF-8 bytes each token id adds to `decode`'s text (special tokens add none).
+
+        Defined for byte-level BPE tokenizers (Llama 3, Qwen, SmolLM2, GPT-2), whose decoding is a plain
+        concatenation; None otherwise. The sampler uses it to check stop strings on device.
+        """
+        return _byte_level_token_bytes(self)
+
     def save(self, out_dir: str) -> None:
         """Writes the tokenizer files (tokenizer.json, tokenizer_config.json, ...) to `out_dir`."""
         self.hf.save_pretrained(out_dir)
+
+
+def _byte_to_unicode() -> dict[int, str]:
+    """The byte <-> printable character map of byte-level BPE vocabularies (as in GPT-2)."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1))
+                 + list(range(ord("\xae"), ord("\xff") + 1)))
+    mapping, extra = {}, 0
+    for byte in range(256):
+        if byte in printable:
+            mapping[byte] = chr(byte)
+        else:
+            mapping[byte] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def _byte_level_token_bytes(tokenizer: Tokenizer) -> tuple[bytes, ...] | None:
+    hf = tokenizer.hf
+    backend = getattr(hf, "backend_tokenizer", None)
+    if backend is None or not type(backend.decoder).__name__ == "ByteLevel":
+        return None
+    if getattr(hf, "clean_up_tokenization_spaces", False):
+        return None  # decode rewrites spaces, so the text is not a concatenation of token bytes
+    char_to_byte = {c: b for b, c in _byte_to_unicode().items()}
+    added = {int(i): t for i, t in hf.added_tokens_decoder.items()}
+    pieces = hf.convert_ids_to_tokens(list(range(len(hf))))
+    out: list[bytes] = []
+    for token_id, piece in enumerate(pieces):
+        if token_id in added:
+            out.append(b"" if added[token_id].special else added[token_id].content.encode("utf-8"))
+        elif piece is None:
+            out.append(b"")
+        elif all(c in char_to_byte for c in piece):
+            out.append(bytes(char_to_byte[c] for c in piece))
+        else:
+            return None
+    # Self-check on mixed text: a tokenizer with extra decoding steps is caught here.
+    probe = tokenizer.encode("Probe: naïve café, 3.14 </tag>\n\t€ 😀 end")
+    if b"".join(out[i] for i in probe) != tokenizer.decode(probe).encode("utf-8"):
+        return None
+    return tuple(out)
 
 
 def _generation_eos_ids(directory: str) -> list[int]:

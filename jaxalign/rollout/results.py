@@ -83,6 +83,7 @@ def assemble_rollout(
     lengths_n: np.ndarray,
     ended_by_stop_token_n: np.ndarray,
     n: int,
+    ended_by_stop_string_n: np.ndarray | None = None,
     stop_strings: Sequence[str],
     tokenizer: Detokenizer | None,
     pad_id: int,
@@ -90,15 +91,18 @@ def assemble_rollout(
     """Builds the `Rollout` from the device loop's outputs (already cut to the real samples).
 
     `lengths_n` counts generated tokens including a stop token; `ended_by_stop_token_n` says whether
-    the last counted token is a stop token. Stop strings are applied here: a response is cut after the
-    token that completes its first stop string. Without a tokenizer, texts are empty and stop strings
-    must be empty.
+    the last counted token is a stop token; `ended_by_stop_string_n` (when the device loop checked stop
+    strings) that its last token completed a stop string. Stop strings are applied here either way: a
+    response is cut after the token that completes its first stop string, and its text right after the
+    stop string. Without a tokenizer, texts are empty and stop strings must be empty.
     """
     if stop_strings and tokenizer is None:
         raise ValueError("stop_strings need a tokenizer to decode responses; the sampler has none")
     num_samples, max_new = response_ids_np.shape
     lengths_n = np.asarray(lengths_n, np.int32).copy()
     stopped_n = np.asarray(ended_by_stop_token_n, bool).copy()
+    string_stopped_n = (np.zeros_like(stopped_n) if ended_by_stop_string_n is None
+                        else np.asarray(ended_by_stop_string_n, bool))
     texts: list[str] = []
     for i in range(num_samples):
         length = int(lengths_n[i])
@@ -115,6 +119,7 @@ def assemble_rollout(
                 stopped_n[i] = True
                 text = tokenizer.decode(text_ids[:cut])
                 text = text[: _first_stop_string_end(text, stop_strings)]
+        stopped_n[i] |= string_stopped_n[i]
         texts.append(text)
 
     response_mask_np = (np.arange(max_new)[None, :] < lengths_n[:, None]).astype(np.int32)

@@ -10,8 +10,9 @@ Data flow of `Sampler.generate` (one call = one batch of prompts):
    recomputed per sample.
 3. Device, `decode` (jit, cache donated): draws the first token from the prefill logits, then a
    `lax.while_loop` feeds one token per step, updates the cache in place and stops early once every
-   sequence has hit a stop id or `max_new_tokens`. Nothing leaves the device inside the loop.
-4. Host: the outputs are cut to the real samples, stop strings are applied and texts decoded
+   sequence has hit a stop id, a stop string (matched on the decoded bytes, see `stop_strings`) or
+   `max_new_tokens`. Nothing leaves the device inside the loop.
+4. Host: the outputs are cut to the real samples, texts decoded and cut after their stop string
    (`results.assemble_rollout`).
 
 Sharding: batch over ("data", "fsdp"), heads and kv heads over "tensor" (falling back to replication when
@@ -33,6 +34,7 @@ from jax.sharding import Mesh
 from jaxalign import sharding as sharding_lib
 from jaxalign.models.transformer import KVCache, causal_attention_mask, positions_from_mask
 from jaxalign.rollout import prompts as prompts_lib
+from jaxalign.rollout import stop_strings as stop_lib
 from jaxalign.rollout.results import Rollout, assemble_rollout
 from jaxalign.rollout.sampling import SamplingParams, is_stop_token, per_sample_keys, sample_tokens
 
@@ -94,14 +96,16 @@ def decode_step(graphdef, params, cache: KVCache, tokens_b, positions_b, slot, v
 
 
 def decode(graphdef, params, cache: KVCache, first_logits_bv, prompt_mask_bp, live_b, key, temperature,
-           top_p, max_new_tokens, stop_ids_s, pad_id, *, greedy: bool, top_k: int, use_top_p: bool,
-           response_len: int, batch_sharding=None) -> dict[str, jax.Array]:
+           top_p, max_new_tokens, stop_ids_s, pad_id, stop_bytes: stop_lib.StopBytes | None = None, *,
+           greedy: bool, top_k: int, use_top_p: bool, response_len: int, batch_sharding=None
+           ) -> dict[str, jax.Array]:
     """Samples up to `max_new_tokens` (<= `response_len`) tokens per row inside one `while_loop`.
 
     Rows with `live_b` False (batch padding) are done from the start. Sample `i`'s draw at step `j`
-    uses `fold_in(fold_in(key, i), j)`, so it does not depend on the batch it is in. Returns tokens_br,
-    logprobs_br, lengths_b (tokens generated, stop token included), stopped_b (ended by a stop id) and
-    steps (loop trips + 1), plus the final cache.
+    uses `fold_in(fold_in(key, i), j)`, so it does not depend on the batch it is in. With `stop_bytes`,
+    a row is also done on the token that completes a stop string. Returns tokens_br, logprobs_br,
+    lengths_b (tokens generated, stop token included), stopped_b (ended by a stop id), string_stop_b
+    (ended by a stop string) and steps (loop trips + 1), plus the final cache.
     """
     b, p = prompt_mask_bp.shape
     prompt_len_b = jnp.sum(prompt_mask_bp, axis=-1).astype(jnp.int32)
@@ -120,6 +124,16 @@ def decode(graphdef, params, cache: KVCache, first_logits_bv, prompt_mask_bp, li
     first_b, first_logp_b = draw(first_logits_bv, 0)
     first_b = jnp.where(live_b, first_b, pad_id)
     first_stop_b = live_b & is_stop_token(first_b, stop_ids_s)
+
+    def string_hits(window_bw, token_b, active_b):
+        if stop_bytes is None:
+            return window_bw, jnp.zeros_like(active_b)
+        window_bw, hit_b = stop_lib.advance(window_bw, token_b, stop_bytes)
+        return constrain(window_bw), active_b & hit_b
+
+    window_bw, first_string_b = string_hits(
+        None if stop_bytes is None else constrain(stop_lib.empty_window(b, stop_bytes)),
+        first_b, live_b & ~first_stop_b)
     state = dict(
         step=jnp.int32(1),
         cache=cache,
@@ -127,9 +141,11 @@ def decode(graphdef, params, cache: KVCache, first_logits_bv, prompt_mask_bp, li
         logprobs_br=constrain(jnp.zeros((b, response_len), jnp.float32)
                               .at[:, 0].set(jnp.where(live_b, first_logp_b, 0.0))),
         last_b=first_b,
-        done_b=~live_b | first_stop_b | (max_new_tokens <= 1),
+        done_b=~live_b | first_stop_b | first_string_b | (max_new_tokens <= 1),
         lengths_b=live_b.astype(jnp.int32),
         stopped_b=first_stop_b,
+        string_stop_b=first_string_b,
+        window_bw=window_bw,
     )
 
     def keep_going(s):
@@ -147,6 +163,7 @@ def decode(graphdef, params, cache: KVCache, first_logits_bv, prompt_mask_bp, li
         active_b = ~s["done_b"]
         token_b = jnp.where(active_b, token_b, pad_id)
         hit_stop_b = active_b & is_stop_token(token_b, stop_ids_s)
+        window_bw, hit_string_b = string_hits(s["window_bw"], token_b, active_b & ~hit_stop_b)
         return dict(
             step=step + 1,
             cache=cache,
@@ -154,14 +171,17 @@ def decode(graphdef, params, cache: KVCache, first_logits_bv, prompt_mask_bp, li
             logprobs_br=jax.lax.dynamic_update_index_in_dim(
                 s["logprobs_br"], jnp.where(active_b, logp_b, 0.0), step, axis=1),
             last_b=token_b,
-            done_b=s["done_b"] | hit_stop_b | (step + 1 >= max_new_tokens),
+            done_b=s["done_b"] | hit_stop_b | hit_string_b | (step + 1 >= max_new_tokens),
             lengths_b=s["lengths_b"] + active_b.astype(jnp.int32),
             stopped_b=s["stopped_b"] | hit_stop_b,
+            string_stop_b=s["string_stop_b"] | hit_string_b,
+            window_bw=window_bw,
         )
 
     final = jax.lax.while_loop(keep_going, one_step, state)
     outputs = dict(tokens_br=final["tokens_br"], logprobs_br=final["logprobs_br"],
-                   lengths_b=final["lengths_b"], stopped_b=final["stopped_b"], steps=final["step"])
+                   lengths_b=final["lengths_b"], stopped_b=final["stopped_b"],
+                   string_stop_b=final["string_stop_b"], steps=final["step"])
     # Returning the cache lets XLA alias the donated input buffer to it: the loop then updates the
     # cache in place with no initial copy.
     return outputs, final["cache"]
@@ -233,6 +253,7 @@ class Sampler:
                              out_shardings=self._param_shardings)
         self.params = self._copy(state)
         self.last_stats: dict[str, float] = {}
+        self._byte_table = None  # built on first use of stop strings; False when not available
 
     # -- weights ---------------------------------------------------------------------------------------
 
@@ -281,6 +302,23 @@ class Sampler:
         padded = np.full(round_up(max(len(ids), 1), _STOP_IDS_BUCKET), -1, np.int32)
         padded[: len(ids)] = ids
         return padded
+
+    def _stop_bytes(self, sp: SamplingParams) -> stop_lib.StopBytes | None:
+        """Device arrays for checking `sp.stop_strings` inside the decode loop, or None (no stop strings,
+        or a tokenizer without an exact byte table: then only the host applies them)."""
+        if not sp.stop_strings or self.tokenizer is None:
+            return None
+        if self._byte_table is None:
+            token_bytes = getattr(self.tokenizer, "token_bytes", None)
+            if token_bytes is None or len(token_bytes) > self.cfg.vocab_size:
+                self._byte_table = False
+            else:
+                tables = stop_lib.byte_table(token_bytes, self.cfg.vocab_size)
+                replicated = None if self.mesh is None else sharding_lib.replicated(self.mesh)
+                self._byte_table = tuple(jax.device_put(t, replicated) for t in tables)
+        if self._byte_table is False:
+            return None
+        return stop_lib.StopBytes(*self._byte_table, jnp.asarray(stop_lib.encode_stops(sp.stop_strings)))
 
     @property
     def pad_id(self) -> int:
@@ -335,7 +373,7 @@ class Sampler:
             self.graphdef, self.params, cache, first_logits,
             self._put_batch(np.repeat(prompt_mask_np, n, axis=0)), self._put_batch(live_np), key,
             jnp.float32(sp.logprob_temperature), jnp.float32(sp.top_p), jnp.int32(sp.max_new_tokens),
-            jnp.asarray(self._stop_ids(sp)), jnp.int32(self.pad_id),
+            jnp.asarray(self._stop_ids(sp)), jnp.int32(self.pad_id), self._stop_bytes(sp),
             greedy=sp.greedy, top_k=sp.top_k, use_top_p=sp.top_p < 1.0, response_len=response_len,
             batch_sharding=self._batch_sharding)
         out = jax.device_get(out)
@@ -349,6 +387,7 @@ class Sampler:
             logprobs_np=out["logprobs_br"][:real, :max_new],
             lengths_n=out["lengths_b"][:real],
             ended_by_stop_token_n=out["stopped_b"][:real],
+            ended_by_stop_string_n=out["string_stop_b"][:real],
             n=n, stop_strings=sp.stop_strings, tokenizer=self.tokenizer, pad_id=self.pad_id)
         self.last_stats = dict(seconds=elapsed, decode_steps=int(out["steps"]),
                                batch=batch_prompts * n, prompt_width=width,

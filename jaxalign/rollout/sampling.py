@@ -27,7 +27,8 @@ class SamplingParams:
       stop_token_ids: token ids that end a response in addition to the tokenizer's EOS ids. The stop
         token is part of the response (mask 1) but not of its text.
       stop_strings: strings that end a response; the response is cut after the token that completes the
-        first occurrence, and its text ends with the stop string.
+        first occurrence, and its text ends with the stop string. Checked inside the decode loop when the
+        tokenizer has an exact byte table (`Tokenizer.token_bytes`), else on the host after decoding.
       include_eos: whether the tokenizer's EOS ids stop a response (True for chat and RL use).
     """
 
