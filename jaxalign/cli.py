@@ -55,8 +55,9 @@ def _load_experiment(config_spec: str | None, overrides: dict[str, str]):
 
 
 def cmd_train(args, config_spec, overrides) -> int:
-    from jaxalign.train.loop import train
+    from jaxalign.train.loop import maybe_initialize_distributed, train
 
+    maybe_initialize_distributed()  # before anything (config validation included) starts a jax backend
     config = _load_experiment(config_spec, overrides)
     result = train(config, args.workdir)
     return 0 if result.final_step >= 0 else 1

@@ -148,6 +148,19 @@ def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())
 
 
+def to_host(tree: Any) -> Any:
+    """Every array of `tree` as a whole NumPy array on this host.
+
+    On one process this is `jax.device_get`; with several processes (multi-host) each array is gathered
+    from all hosts, so every host gets the full value (rollouts, metrics, exported weights).
+    """
+    if jax.process_count() == 1:
+        return jax.device_get(tree)
+    from jax.experimental import multihost_utils
+
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
 def create_sharded(cfg, mesh: Mesh, role: str = "train", seed: int = 0):
     """Builds a randomly initialised `Transformer` whose parameters are created already sharded.
 

@@ -236,7 +236,7 @@ def hf_state_dict(model: Transformer) -> dict[str, np.ndarray]:
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     tensors: dict[str, np.ndarray] = {}
     for mapping in tensor_mappings(cfg):
-        host = np.asarray(jax.device_get(flat[mapping.path].get_value()))
+        host = np.asarray(sharding_lib.to_host(flat[mapping.path].get_value()))
         if mapping.stacked:
             for layer in range(cfg.num_layers):
                 tensors[mapping.hf_name.format(layer=layer)] = np.ascontiguousarray(

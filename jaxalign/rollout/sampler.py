@@ -376,7 +376,7 @@ class Sampler:
             jnp.asarray(self._stop_ids(sp)), jnp.int32(self.pad_id), self._stop_bytes(sp),
             greedy=sp.greedy, top_k=sp.top_k, use_top_p=sp.top_p < 1.0, response_len=response_len,
             batch_sharding=self._batch_sharding)
-        out = jax.device_get(out)
+        out = sharding_lib.to_host(out)
         elapsed = time.perf_counter() - start
 
         real, max_new = num_prompts * n, sp.max_new_tokens

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxalign import sharding as sharding_lib
 from jaxalign.config import ConfigError, ExperimentConfig
 from jaxalign.train import batching
 
@@ -232,7 +233,7 @@ class StepBatch:
 
 
 def _host_floats(metrics) -> dict[str, float]:
-    return {k: float(v) for k, v in jax.device_get(metrics).items()}
+    return {k: float(v) for k, v in sharding_lib.to_host(metrics).items()}
 
 
 def check_finite(metrics: dict[str, float], step: int, what: str) -> None:
@@ -259,6 +260,7 @@ def update_agent(config: ExperimentConfig, agent: Agent, seqs, batch: StepBatch,
     from jaxalign.algorithms.losses import loss_weights
 
     a, loss_cfg = config.algorithm, config.algorithm.loss_config(config.rollout.temperature)
+    batch = StepBatch(**sharding_lib.to_host(dataclasses.asdict(batch)))  # whole arrays, on every host
     host = {
         "tokens": seqs.tokens_nt, "valid": seqs.valid_nt.astype(bool), "positions": batching.positions_np(seqs.valid_nt),
         "loss_mask": seqs.loss_mask_nt, "old_logp": np.asarray(batch.old_logp),

@@ -209,12 +209,18 @@ def evaluate(config, method, agent, tokenizer, pool, eval_examples, encode, coun
 
 
 def _global(array_np: np.ndarray, mesh, batch_axis: int):
-    """A global array from this process's rows, sharded over (data, fsdp) on `batch_axis`."""
+    """A global array sharded over (data, fsdp) on `batch_axis`, from the whole batch on the host.
+
+    Every process holds the same whole step batch (rollouts are gathered to all hosts, rewards computed
+    on each), so each process just puts the rows of its own devices.
+    """
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     spec = [None] * array_np.ndim
     spec[batch_axis] = ("data", "fsdp")
-    return jax.make_array_from_process_local_data(NamedSharding(mesh, P(*spec)), array_np)
+    array_np = np.asarray(array_np)
+    return jax.make_array_from_callback(array_np.shape, NamedSharding(mesh, P(*spec)),
+                                        lambda index: array_np[index])
 
 
 def collect_rollouts(config, method, agent, tokenizer, pool, stream, train_examples, encode, counters, key,
