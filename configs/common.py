@@ -161,3 +161,16 @@ def rlev_section(reward: str = "human_aligned", dataset: str = "embedded", **fie
     if unknown:
         raise ValueError(f"rlev_section: unknown field(s) {unknown}; RLEVConfig has no such fields")
     return ml_collections.ConfigDict(values)
+
+
+def gtalign_section(**fields) -> ml_collections.ConfigDict:
+    """The `gtalign` method section: every field of `GTAlignConfig` (defaults, then `fields`), so each can be
+    overridden with `--config.gtalign.<field>=...`: `dataset` (embedded or a local file), `reward` (welfare,
+    linear, user, llm), `llm_terms` (main, pareto), `normalize` (none, zscore), the length bands."""
+    from jaxalign.methods.gtalign import GTAlignConfig
+
+    values = {**_defaults(GTAlignConfig, ()), **fields}
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(GTAlignConfig)})
+    if unknown:
+        raise ValueError(f"gtalign_section: unknown field(s) {unknown}; GTAlignConfig has no such fields")
+    return ml_collections.ConfigDict(values)

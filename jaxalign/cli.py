@@ -1,15 +1,17 @@
-"""The `jaxalign` command: train, eval, export, sample, bench. Heavy modules load inside each subcommand.
+"""The `jaxalign` command: train, eval, export, sample, steer, bench. Heavy modules load inside each subcommand.
 
     jaxalign train --config=configs/rlev_smollm2_demo.py[:arg] --config.rollout.max_new_tokens=32 --workdir=DIR
     jaxalign eval --workdir=DIR       (the run's saved config; or --config=... --model SPEC for a plain model)
     jaxalign export --workdir DIR --out HF_DIR
     jaxalign sample --model smollm2-135m-instruct --prompt "What is 12 + 7?" --max-new-tokens 32 --greedy
+    jaxalign steer --model DIR --prompt "Plan my trip" --user-shift -2     (GTAlign pricing steering)
     jaxalign bench {rollout,train}
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import logging
@@ -123,7 +125,7 @@ def cmd_sample(args, config_spec, overrides) -> int:
     if tokenizer is None:
         raise UsageError(f"model {args.model!r} has no tokenizer; sample needs text prompts")
     sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, greedy=args.greedy, n=args.n)
+                        top_p=args.top_p, greedy=args.greedy, n=args.n, stop_strings=tuple(args.stop))
     encoded = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
     sampler = Sampler(model, tokenizer, max_prompt_len=max(len(e) for e in encoded))
     key = jax.random.key(args.seed)
@@ -138,6 +140,29 @@ def cmd_sample(args, config_spec, overrides) -> int:
             else:
                 print(json.dumps({"prompt": prompt, "response": text, "finish": rollout.finish_reasons[i]},
                                  ensure_ascii=False))
+    return 0
+
+
+def cmd_steer(args, config_spec, overrides) -> int:
+    import jax
+
+    from jaxalign.methods.gtalign_steer import steer
+    from jaxalign.models import load_model
+    from jaxalign.rollout import Sampler, SamplingParams
+
+    questions = _read_prompts(args)
+    if not args.llm_shift and not args.user_shift:
+        raise UsageError("set --llm-shift (subscription pricing) or --user-shift (per-token API pricing)")
+    model, tokenizer = load_model(args.model, role="sample")
+    if tokenizer is None:
+        raise UsageError(f"model {args.model!r} has no tokenizer; steer needs text questions")
+    sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                        top_k=args.top_k, greedy=args.greedy)
+    sampler = Sampler(model, tokenizer, max_prompt_len=args.max_prompt_len)
+    replies = steer(sampler, questions, sp, jax.random.key(args.seed), llm_shift=args.llm_shift,
+                    user_shift=args.user_shift, batch_size=args.batch_size, progress=len(questions) > args.batch_size)
+    for reply in replies:
+        print(json.dumps(dataclasses.asdict(reply), ensure_ascii=False))
     return 0
 
 
@@ -185,9 +210,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=float, default=1.0)
     p.add_argument("--top-k", type=int, default=0)
     p.add_argument("--n", type=int, default=1)
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="a stop string (repeatable); the response ends with the first one generated")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_sample)
+
+    p = add_parser("steer", help="GTAlign pricing steering: reprice the model's payoff matrix, then let it continue")
+    p.add_argument("--model", required=True, help="HF dir, .gguf path or smollm2-135m-instruct")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--prompt", help="one question")
+    group.add_argument("--prompts-file", help="JSONL: one string or {\"prompt\": ...} per line")
+    p.add_argument("--llm-shift", type=float, default=0.0,
+                   help="added to every LLM payoff (subscription pricing: negative, turns cost the provider)")
+    p.add_argument("--user-shift", type=float, default=0.0,
+                   help="added to every user payoff (API pricing: negative, tokens cost the user)")
+    p.add_argument("--max-new-tokens", type=int, default=512)
+    p.add_argument("--max-prompt-len", type=int, default=2048)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(fn=cmd_steer)
 
     p = add_parser("bench", help="rollout or train-step benchmarks")
     p.add_argument("which", choices=("rollout", "train"))

@@ -46,7 +46,7 @@ def test_metrics_jsonl_rows(run):
             assert np.isfinite(row[key]), key
         assert row["reward/mean"] == pytest.approx(record["reward/mean"])
         phases = sum(v for k, v in row.items() if k.startswith("time/") and k.endswith("_s")
-                     and k not in ("time/step_s", "time/weight_sync_reported_s"))
+                     and k != "time/step_s")
         assert row["time/step_s"] == pytest.approx(phases)
 
 

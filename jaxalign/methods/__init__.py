@@ -1,5 +1,6 @@
 """Alignment methods; importing this package registers the built-in ones in `METHODS`."""
 
+from jaxalign.methods import gtalign  # noqa: F401  (registers "gtalign")
 from jaxalign.methods import rlev  # noqa: F401  (registers "rlev")
 from jaxalign.methods.base import METHODS, Method, get_method, register
 

@@ -395,7 +395,7 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
                         updates, critic_updates = update_agent(config, a, seqs, step_batch, step,
                                                                lambda x: _global(x, mesh, 1))
                     with timer("weight_sync"):
-                        record["time/weight_sync_reported_s"] = float(a.sampler.update_params(a.policy_params))
+                        a.sampler.update_params(a.policy_params)
                     lengths = rollout["lengths_n"]
                     record.update(stats)
                     record.update(metrics_lib.mean_update_metrics(updates))

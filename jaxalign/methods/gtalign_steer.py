@@ -1,0 +1,101 @@
+"""GTAlign's inference-time steering: reprice the model's own payoff matrix mid-generation, then resume.
+
+1. Generate the four-block reply up to the end of its payoff block (the stop string `</payoff>`, checked
+   inside the decode loop).
+2. Parse the matrix and reprice it for a pricing policy (`gtalign_game.steer_payoffs`): under
+   subscription pricing every extra turn costs the provider (`llm_shift` < 0), under per-token API
+   pricing it costs the user (`user_shift` < 0).
+3. Splice the edited matrix into the reply and let the model continue from `<analyze>`: it now reasons
+   over, and acts on, the repriced game.
+
+This is a true continuation of the model's own reasoning (the reference's first sketch); its later script
+instead re-asks the bare question with a one-line instruction for the action it picked itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Sequence
+
+import jax
+
+from jaxalign.methods import gtalign_game as game
+from jaxalign.methods.gtalign import game_messages
+from jaxalign.methods.gtalign_prompts import STEERED_ANALYZE
+from jaxalign.rollout import SamplingParams
+
+PAYOFF_END = "</payoff>"
+
+
+@dataclasses.dataclass(frozen=True)
+class SteeredReply:
+    """One steered reply.
+
+    Attributes:
+      question: the user's question.
+      text: the whole reply (the model's blocks up to its payoff, the edited payoff, the continuation);
+        when steering was impossible, the model's unsteered first part.
+      payoffs, steered: the matrix the model wrote and the repriced one (None when it did not parse).
+      choice_before, choice_after: the welfare choice (highest sum, then user, then LLM) of each matrix.
+      chosen: the key the continued `<analyze>` block settles on (None if it names none).
+      error: why the reply could not be steered (no payoff block, a malformed matrix), else None.
+    """
+
+    question: str
+    text: str
+    payoffs: dict | None = None
+    steered: dict | None = None
+    choice_before: str | None = None
+    choice_after: str | None = None
+    chosen: str | None = None
+    error: str | None = None
+
+
+def _prefix_with(first_part: str, steered: game.Payoffs) -> str:
+    head = first_part[: first_part.find("<payoff>")]
+    return f"{head}<payoff>{game.payoff_json(steered)}</payoff>\n<analyze>{STEERED_ANALYZE}"
+
+
+def steer(sampler: Any, questions: Sequence[str], sp: SamplingParams, key: jax.Array, *, llm_shift: float = 0.0,
+          user_shift: float = 0.0, system_prompt: str | None = None, batch_size: int = 16,
+          progress: bool = False) -> list[SteeredReply]:
+    """Steered replies to `questions` from a `Sampler` with a tokenizer (one reply per question).
+
+    `sp` sets the sampling of both parts (its `n` must be 1; its stop strings apply to the continuation).
+    """
+    if sp.n != 1:
+        raise ValueError(f"steer: one reply per question, so SamplingParams.n must be 1 (got {sp.n})")
+    if not llm_shift and not user_shift:
+        raise ValueError("steer: set llm_shift (subscription pricing) or user_shift (API pricing) to a non-zero value")
+    chats = [game_messages(q, system_prompt=system_prompt) for q in questions]
+    first_sp = dataclasses.replace(sp, stop_strings=(PAYOFF_END,))
+    key_first, key_rest = jax.random.split(key)
+    firsts = [texts[0] for texts in sampler.generate_text(chats, first_sp, key_first, progress=progress,
+                                                          batch_size=batch_size)]
+    replies: list[SteeredReply | None] = []
+    to_continue: list[int] = []
+    prefixes: list[str] = []
+    for i, (question, first) in enumerate(zip(questions, firsts)):
+        body = game.extract_tag(first, "payoff")
+        if body is None:
+            replies.append(SteeredReply(question, first, error="the reply has no complete <payoff> block"))
+            continue
+        try:
+            payoffs = game.parse_payoffs(body)
+        except game.PayoffError as err:
+            replies.append(SteeredReply(question, first, error=str(err)))
+            continue
+        steered = game.steer_payoffs(payoffs, llm_shift=llm_shift, user_shift=user_shift)
+        replies.append(SteeredReply(question, "", payoffs=payoffs, steered=steered,
+                                    choice_before=game.welfare_choice(payoffs),
+                                    choice_after=game.welfare_choice(steered)))
+        to_continue.append(i)
+        prefixes.append(_prefix_with(first, steered))
+    if to_continue:
+        rests = sampler.continue_text([chats[i] for i in to_continue], prefixes, sp, key_rest, progress=progress,
+                                      batch_size=batch_size)
+        for i, prefix, texts in zip(to_continue, prefixes, rests):
+            text = prefix + texts[0]
+            chosen = game.named_key(game.extract_tag(text, "analyze") or text.split("<analyze>", 1)[1])
+            replies[i] = dataclasses.replace(replies[i], text=text, chosen=chosen)
+    return replies
