@@ -142,3 +142,21 @@ def test_toy_prompts_never_contain_targets_and_bad_ranges_fail():
 ])
 def test_distributed_detection(environ, expected):
     assert loop.distributed_init_kwargs(environ) == expected
+
+
+def test_remat_setting_reaches_the_model_and_leaves_training_unchanged(tmp_path):
+    from jaxalign.sharding import make_mesh
+    from jaxalign.train.agents import build_agent
+
+    histories = {}
+    for remat in (False, True):
+        config = _config(**{"model.remat": remat, "train.steps": 2, "train.eval_every": 0, "checkpoint.every": 0})
+        _, _, model_cfg = build_agent(config, make_mesh())
+        assert model_cfg.remat is remat
+        loop.train(config, tmp_path / str(remat))
+        histories[remat] = _train_records(tmp_path / str(remat))
+    for plain, rematted in zip(histories[False], histories[True]):
+        assert plain.keys() == rematted.keys()
+        for key, value in plain.items():
+            if isinstance(value, (int, float)) and not key.startswith("perf/"):
+                assert rematted[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key

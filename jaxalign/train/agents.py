@@ -168,7 +168,7 @@ def build_agent(config: ExperimentConfig, mesh, name: str = "policy") -> tuple[A
 
     model, tokenizer = load_model(
         config.model.spec, mesh=mesh, role="train",
-        param_dtype=_dtype(config.model.param_dtype), dtype=_dtype(config.model.dtype),
+        param_dtype=_dtype(config.model.param_dtype), dtype=_dtype(config.model.dtype), remat=config.model.remat,
     )
     check_vocab(model.cfg, tokenizer, config.model.spec)
     graphdef, params = nnx.split(model)
