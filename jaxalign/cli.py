@@ -174,6 +174,21 @@ def cmd_bench(args, config_spec, overrides) -> int:
     return int(bench_main(args.bench_args) or 0)
 
 
+def _add_generation_args(p: argparse.ArgumentParser, *, prompt_help: str, file_help: str, max_new_tokens: int) -> None:
+    """The model, prompt source and sampling options shared by `sample` and `steer`."""
+    p.add_argument("--model", required=True, help="HF dir, .gguf path or smollm2-135m-instruct")
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--prompt", help=prompt_help)
+    group.add_argument("--prompts-file", help="JSONL: one string or {\"prompt\": ...} per line" + file_help)
+    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
+    p.add_argument("--greedy", action="store_true")
+    p.add_argument("--temperature", type=float, default=1.0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--log-level", default=argparse.SUPPRESS,
@@ -200,39 +215,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
 
     p = add_parser("sample", help="sample completions from a model")
-    p.add_argument("--model", required=True, help="HF dir, .gguf path or smollm2-135m-instruct")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--prompt", help="one prompt (the chat template is applied); prints the completion")
-    group.add_argument("--prompts-file", help="JSONL: one string or {\"prompt\": ...} per line; prints one JSON line per sample")
-    p.add_argument("--max-new-tokens", type=int, default=128)
-    p.add_argument("--greedy", action="store_true")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
+    _add_generation_args(p, prompt_help="one prompt (the chat template is applied); prints the completion",
+                         file_help="; prints one JSON line per sample", max_new_tokens=128)
     p.add_argument("--n", type=int, default=1)
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="a stop string (repeatable); the response ends with the first one generated")
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_sample)
 
     p = add_parser("steer", help="GTAlign pricing steering: reprice the model's payoff matrix, then let it continue")
-    p.add_argument("--model", required=True, help="HF dir, .gguf path or smollm2-135m-instruct")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--prompt", help="one question")
-    group.add_argument("--prompts-file", help="JSONL: one string or {\"prompt\": ...} per line")
+    _add_generation_args(p, prompt_help="one question", file_help="", max_new_tokens=512)
     p.add_argument("--llm-shift", type=float, default=0.0,
                    help="added to every LLM payoff (subscription pricing: negative, turns cost the provider)")
     p.add_argument("--user-shift", type=float, default=0.0,
                    help="added to every user payoff (API pricing: negative, tokens cost the user)")
-    p.add_argument("--max-new-tokens", type=int, default=512)
     p.add_argument("--max-prompt-len", type=int, default=2048)
-    p.add_argument("--greedy", action="store_true")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
     p.set_defaults(fn=cmd_steer)
 
     p = add_parser("bench", help="rollout or train-step benchmarks")

@@ -16,6 +16,7 @@ Samples are ok when the pool succeeded and no feature is NaN after step 2.
 from __future__ import annotations
 
 import abc
+import dataclasses
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
@@ -86,6 +87,21 @@ class Method(abc.ABC):
         lengths_n: np.ndarray,
     ) -> dict[str, float]:
         """The method's evaluation metrics on greedy responses to the eval split."""
+
+
+def config_section(cls: type, section: Any, name: str) -> Any:
+    """A method's frozen config dataclass `cls` from its config section: a dict, a (Frozen)ConfigDict, None
+    (all defaults) or already a `cls`. An unknown key is an error that lists the known ones."""
+    if isinstance(section, cls):
+        return section
+    section = {} if section is None else (section.to_dict() if hasattr(section, "to_dict") else section)
+    if not isinstance(section, Mapping):
+        raise TypeError(f"{name} config must be a mapping, got {type(section).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(section) - known)
+    if unknown:
+        raise ValueError(f"{name} config: unknown keys {unknown}; known keys: {sorted(known)}")
+    return cls(**dict(section))
 
 
 METHODS: dict[str, type[Method]] = {}

@@ -37,7 +37,7 @@ import numpy as np
 from jaxalign.data import load_rows
 from jaxalign.data.gtalign_set import make_gtalign_set
 from jaxalign.methods import gtalign_game as game
-from jaxalign.methods.base import Example, FeatureFn, Method, register
+from jaxalign.methods.base import Example, FeatureFn, Method, config_section, register
 from jaxalign.methods.gtalign_prompts import EARLIER_QUESTION, GAME_PREFIX, SYSTEM_PROMPT
 from jaxalign.rewards.verifiers import correctness_features
 
@@ -265,16 +265,7 @@ class GTAlignConfig:
     @classmethod
     def from_dict(cls, section: Any) -> "GTAlignConfig":
         """From a dict, a (Frozen)ConfigDict or a GTAlignConfig; unknown keys are an error."""
-        if isinstance(section, cls):
-            return section
-        section = {} if section is None else (section.to_dict() if hasattr(section, "to_dict") else section)
-        if not isinstance(section, Mapping):
-            raise TypeError(f"gtalign config must be a mapping, got {type(section).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"gtalign config: unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**dict(section))
+        return config_section(cls, section, "gtalign")
 
 
 def game_messages(question: str, *, first_question: str | None = None, system_prompt: str | None = None

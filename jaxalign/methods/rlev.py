@@ -42,7 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxalign.data import load_rows, make_exam_set, parse_rows, weak_value
-from jaxalign.methods.base import Example, FeatureFn, Method, register
+from jaxalign.methods.base import Example, FeatureFn, Method, config_section, register
 from jaxalign.methods.rlev_prompts import POLICY_SYSTEM_PROMPT, SCORE_PREDICTOR_SYSTEM_PROMPT
 from jaxalign.rewards.judges import EquivalenceJudge, build_model_judge, judge_correctness, rule_features
 from jaxalign.rewards.verifiers import correctness_features
@@ -305,19 +305,7 @@ class RLEVConfig:
     @classmethod
     def from_dict(cls, section: Any) -> "RLEVConfig":
         """From a dict, a (Frozen)ConfigDict or an RLEVConfig; unknown keys are an error."""
-        if isinstance(section, cls):
-            return section
-        if section is None:
-            return cls()
-        if hasattr(section, "to_dict"):
-            section = section.to_dict()
-        if not isinstance(section, Mapping):
-            raise TypeError(f"rlev config must be a mapping, got {type(section).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(section) - known)
-        if unknown:
-            raise ValueError(f"rlev config: unknown keys {unknown}; known keys: {sorted(known)}")
-        return cls(**dict(section))
+        return config_section(cls, section, "rlev")
 
 
 # ---------------------------------------------------------------------------------------------------------
