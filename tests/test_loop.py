@@ -2,6 +2,8 @@
 rises from well below its ceiling; a run of 4 steps equals 2 steps + resume + 2 steps exactly; a NaN stops
 before anything is saved; the `attach_sampler` hook runs before `load_data`."""
 
+import json
+
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -160,3 +162,12 @@ def test_remat_setting_reaches_the_model_and_leaves_training_unchanged(tmp_path)
         for key, value in plain.items():
             if isinstance(value, (int, float)) and not key.startswith("perf/"):
                 assert rematted[key] == pytest.approx(value, rel=1e-4, abs=1e-6), key
+
+
+def test_a_restart_without_checkpoint_replaces_the_crashed_attempts_records(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text(
+        '{"step": 0, "kind": "eval", "eval/target_fraction": 9.0}\n{"step": 1, "kind": "train", "reward/mean": 9.0}\n')
+    loop.train(_config(**{"train.steps": 1, "train.eval_every": 0, "checkpoint.every": 0}), tmp_path)
+    raw = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["kind"]) for r in raw] == [(0, "eval"), (1, "train"), (1, "eval")]
+    assert all(r.get("eval/target_fraction", 0.0) != 9.0 and r.get("reward/mean", 0.0) != 9.0 for r in raw)

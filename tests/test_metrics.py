@@ -125,8 +125,13 @@ def test_read_and_truncate_metrics_after_a_resume(tmp_path):
     for step in (1, 2, 3):
         writer.write(step, {"reward/mean": float(step)})
     writer.write(3, {"eval/x": 1.0}, kind="eval")
-    metrics_lib.truncate_metrics(tmp_path, 2)  # resumed from the step-2 checkpoint
+    writer.write(0, {"eval/x": 0.5}, kind="eval")
+    metrics_lib.truncate_metrics(tmp_path, 2)  # resumed from the step-2 checkpoint: step 3 is redone
     writer.write(3, {"reward/mean": 30.0})
     records = metrics_lib.read_metrics(tmp_path)
-    assert [(r["step"], r["kind"]) for r in records] == [(1, "train"), (2, "train"), (3, "eval"), (3, "train")]
+    assert [(r["step"], r["kind"]) for r in records] == [(0, "eval"), (1, "train"), (2, "train"), (3, "train")]
     assert records[-1]["reward/mean"] == 30.0
+    raw = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(raw) == 4  # nothing of the discarded step 3 is left in the file
+    metrics_lib.truncate_metrics(tmp_path, -1)  # no checkpoint at all: the run starts over
+    assert metrics_lib.read_metrics(tmp_path) == []

@@ -352,6 +352,7 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike) -> RunResult:
             metrics_lib.truncate_metrics(workdir, start_step)
         log.info("resumed from step %d (data position %d)", start_step, position)
     elif is_main:
+        metrics_lib.truncate_metrics(workdir, -1)  # records of an attempt that crashed before its first save
         (workdir / "config.json").write_text(config.to_json())
     stream = batching.DataStream(len(train_examples), config.seed, position)
     base_key = jax.random.key(config.seed)

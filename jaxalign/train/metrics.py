@@ -158,14 +158,12 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
 
 
 def truncate_metrics(workdir: str | os.PathLike, after_step: int) -> None:
-    """Drops train records past `after_step` (written after the checkpoint we resume from)."""
+    """Drops the records of steps past `after_step`: written after the checkpoint a run resumes from
+    (-1 for a run that starts over because no checkpoint was saved), they will be written again."""
     path = workdir_path(workdir) / "metrics.jsonl"
     if not path.exists():
         return
-    kept = [
-        line for line in path.read_text().splitlines()
-        if line.strip() and not (json.loads(line)["kind"] == "train" and json.loads(line)["step"] > after_step)
-    ]
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= after_step]
     path.write_text("".join(line + "\n" for line in kept))
 
 
