@@ -260,7 +260,8 @@ def update_agent(config: ExperimentConfig, agent: Agent, seqs, batch: StepBatch,
     from jaxalign.algorithms.losses import loss_weights
 
     a, loss_cfg = config.algorithm, config.algorithm.loss_config(config.rollout.temperature)
-    batch = StepBatch(**sharding_lib.to_host(dataclasses.asdict(batch)))  # whole arrays, on every host
+    # Whole arrays, on every host (`dataclasses.asdict` would deep-copy the device arrays first).
+    batch = StepBatch(**sharding_lib.to_host({f.name: getattr(batch, f.name) for f in dataclasses.fields(batch)}))
     host = {
         "tokens": seqs.tokens_nt, "valid": seqs.valid_nt.astype(bool), "positions": batching.positions_np(seqs.valid_nt),
         "loss_mask": seqs.loss_mask_nt, "old_logp": np.asarray(batch.old_logp),
