@@ -117,15 +117,11 @@ def cmd_sample(args, config_spec, overrides) -> int:
     import jax
     from tqdm.auto import tqdm
 
-    from jaxalign.models import load_model
-    from jaxalign.rollout import Sampler, SamplingParams
+    from jaxalign.rollout import Sampler
 
     prompts = _read_prompts(args)
-    model, tokenizer = load_model(args.model, role="sample")
-    if tokenizer is None:
-        raise UsageError(f"model {args.model!r} has no tokenizer; sample needs text prompts")
-    sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                        top_p=args.top_p, greedy=args.greedy, n=args.n, stop_strings=tuple(args.stop))
+    model, tokenizer = _load_text_model(args, "sample needs text prompts")
+    sp = _sampling_params(args, n=args.n, stop_strings=tuple(args.stop))
     encoded = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
     sampler = Sampler(model, tokenizer, max_prompt_len=max(len(e) for e in encoded))
     key = jax.random.key(args.seed)
@@ -147,17 +143,13 @@ def cmd_steer(args, config_spec, overrides) -> int:
     import jax
 
     from jaxalign.methods.gtalign_steer import steer
-    from jaxalign.models import load_model
-    from jaxalign.rollout import Sampler, SamplingParams
+    from jaxalign.rollout import Sampler
 
     questions = _read_prompts(args)
     if not args.llm_shift and not args.user_shift:
         raise UsageError("set --llm-shift (subscription pricing) or --user-shift (per-token API pricing)")
-    model, tokenizer = load_model(args.model, role="sample")
-    if tokenizer is None:
-        raise UsageError(f"model {args.model!r} has no tokenizer; steer needs text questions")
-    sp = SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                        top_k=args.top_k, greedy=args.greedy)
+    model, tokenizer = _load_text_model(args, "steer needs text questions")
+    sp = _sampling_params(args)
     sampler = Sampler(model, tokenizer, max_prompt_len=args.max_prompt_len)
     replies = steer(sampler, questions, sp, jax.random.key(args.seed), llm_shift=args.llm_shift,
                     user_shift=args.user_shift, batch_size=args.batch_size, progress=len(questions) > args.batch_size)
@@ -172,6 +164,24 @@ def cmd_bench(args, config_spec, overrides) -> int:
     else:
         from jaxalign.bench.train import main as bench_main
     return int(bench_main(args.bench_args) or 0)
+
+
+def _load_text_model(args, why: str):
+    """`--model` with its tokenizer (loaded in the sampling layout); a usage error when it has none."""
+    from jaxalign.models import load_model
+
+    model, tokenizer = load_model(args.model, role="sample")
+    if tokenizer is None:
+        raise UsageError(f"model {args.model!r} has no tokenizer; {why}")
+    return model, tokenizer
+
+
+def _sampling_params(args, **extra):
+    """SamplingParams from the options `_add_generation_args` defines, plus command-specific fields."""
+    from jaxalign.rollout import SamplingParams
+
+    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
+                          top_p=args.top_p, greedy=args.greedy, **extra)
 
 
 def _add_generation_args(p: argparse.ArgumentParser, *, prompt_help: str, file_help: str, max_new_tokens: int) -> None:

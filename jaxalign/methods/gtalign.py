@@ -351,9 +351,9 @@ class GTAlignMethod(Method):
                      ) -> dict[str, float]:
         n = len(examples)
         f = {k: np.nan_to_num(np.asarray(features.get(k, np.zeros(n)), np.float32)) for k in FEATURES}
-        _, user_n, llm_n = gtalign_rewards(f, mode="welfare", llm_terms=self.config.llm_terms)
+        # The "welfare" reward is sqrt(U L), already 0 where the reply did not parse.
+        welfare_n, user_n, llm_n = gtalign_rewards(f, mode="welfare", llm_terms=self.config.llm_terms)
         parsed = f["parse_ok"] > 0.5
-        welfare_n = np.where(parsed, np.sqrt(np.asarray(user_n) * np.asarray(llm_n)), 0.0)
         metrics = {
             "format": 100.0 * float(f["format"].mean()),
             "parsed": 100.0 * float(parsed.mean()),
