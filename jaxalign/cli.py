@@ -2,7 +2,7 @@
 
     jaxalign train --config=configs/rlev_smollm2_demo.py[:arg] --config.rollout.max_new_tokens=32 --workdir=DIR
     jaxalign eval --workdir=DIR       (the run's saved config; or --config=... --model SPEC for a plain model)
-    jaxalign export --workdir DIR --out HF_DIR
+    jaxalign export --workdir DIR --out HF_DIR [--agent NAME]
     jaxalign sample --model smollm2-135m-instruct --prompt "What is 12 + 7?" --max-new-tokens 32 --greedy
     jaxalign steer --model DIR --prompt "Plan my trip" --user-shift -2     (GTAlign pricing steering)
     jaxalign bench {rollout,train}
@@ -19,9 +19,7 @@ import pathlib
 import sys
 from typing import Sequence
 
-
-class UsageError(ValueError):
-    """Bad command-line input; printed without a traceback."""
+from jaxalign.commands import UsageError, add_generation_args, load_text_model, read_prompts, sampling_params
 
 
 def split_config_args(argv: Sequence[str]) -> tuple[str | None, dict[str, str], list[str]]:
@@ -48,16 +46,27 @@ def split_config_args(argv: Sequence[str]) -> tuple[str | None, dict[str, str], 
     return config, overrides, rest
 
 
+def _validated(cd):
+    """The typed config of a ConfigDict, with the method's own section checked too."""
+    from jaxalign.config import from_config_dict
+    from jaxalign.methods.base import build_method
+
+    config = from_config_dict(cd)
+    build_method(config)
+    return config
+
+
 def _load_experiment(config_spec: str | None, overrides: dict[str, str]):
-    from jaxalign.config import apply_overrides, from_config_dict, load_config_file
+    from jaxalign.config import apply_overrides, load_config_file
 
     if not config_spec:
         raise UsageError("--config=configs/<name>.py[:arg] is required")
-    return from_config_dict(apply_overrides(load_config_file(config_spec), overrides))
+    return _validated(apply_overrides(load_config_file(config_spec), overrides))
 
 
 def cmd_train(args, config_spec, overrides) -> int:
-    from jaxalign.train.loop import maybe_initialize_distributed, train
+    from jaxalign.distributed import maybe_initialize_distributed
+    from jaxalign.runs import train
 
     maybe_initialize_distributed()  # before anything (config validation included) starts a jax backend
     config = _load_experiment(config_spec, overrides)
@@ -66,15 +75,15 @@ def cmd_train(args, config_spec, overrides) -> int:
 
 
 def cmd_eval(args, config_spec, overrides) -> int:
-    from jaxalign.train.restore import evaluate_checkpoint
+    from jaxalign.runs import evaluate_checkpoint
 
     if args.model:
         overrides = {**overrides, "model.spec": args.model}
     if config_spec is None and args.workdir:  # the run's own resolved config
-        from jaxalign.config import apply_overrides, from_config_dict
-        from jaxalign.train.restore import run_config_dict
+        from jaxalign.config import apply_overrides
+        from jaxalign.runs import run_config_dict
 
-        config = from_config_dict(apply_overrides(run_config_dict(args.workdir), overrides))
+        config = _validated(apply_overrides(run_config_dict(args.workdir), overrides))
     else:
         config = _load_experiment(config_spec, overrides)
     metrics = evaluate_checkpoint(config, args.workdir)
@@ -83,34 +92,11 @@ def cmd_eval(args, config_spec, overrides) -> int:
 
 
 def cmd_export(args, config_spec, overrides) -> int:
-    from jaxalign.train.restore import export_checkpoint
+    from jaxalign.runs import export_checkpoint
 
-    export_checkpoint(args.workdir, args.out)
-    print(f"exported the policy of {args.workdir} to {args.out}")
+    agent = export_checkpoint(args.workdir, args.out, agent=args.agent)
+    print(f"exported agent {agent!r} of {args.workdir} to {args.out}")
     return 0
-
-
-def _read_prompts(args) -> list[str]:
-    if args.prompt is not None:
-        return [args.prompt]
-    path = pathlib.Path(args.prompts_file)
-    if not path.is_file():
-        raise UsageError(f"--prompts-file {path} does not exist")
-    prompts = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{number}: not JSON ({e})") from None
-        if isinstance(row, str):
-            prompts.append(row)
-        elif isinstance(row, dict) and isinstance(row.get("prompt"), str):
-            prompts.append(row["prompt"])
-        else:
-            raise UsageError(f'{path}:{number}: expected a JSON string or {{"prompt": "..."}}')
-    return prompts
 
 
 def cmd_sample(args, config_spec, overrides) -> int:
@@ -119,9 +105,9 @@ def cmd_sample(args, config_spec, overrides) -> int:
 
     from jaxalign.rollout import Sampler
 
-    prompts = _read_prompts(args)
-    model, tokenizer = _load_text_model(args, "sample needs text prompts")
-    sp = _sampling_params(args, n=args.n, stop_strings=tuple(args.stop))
+    prompts = read_prompts(args)
+    model, tokenizer = load_text_model(args, "sample needs text prompts")
+    sp = sampling_params(args, n=args.n, stop_strings=tuple(args.stop))
     encoded = [tokenizer.apply_chat_template([{"role": "user", "content": p}]) for p in prompts]
     sampler = Sampler(model, tokenizer, max_prompt_len=max(len(e) for e in encoded))
     key = jax.random.key(args.seed)
@@ -139,64 +125,12 @@ def cmd_sample(args, config_spec, overrides) -> int:
     return 0
 
 
-def cmd_steer(args, config_spec, overrides) -> int:
-    import jax
-
-    from jaxalign.methods.gtalign_steer import steer
-    from jaxalign.rollout import Sampler
-
-    questions = _read_prompts(args)
-    if not args.llm_shift and not args.user_shift:
-        raise UsageError("set --llm-shift (subscription pricing) or --user-shift (per-token API pricing)")
-    model, tokenizer = _load_text_model(args, "steer needs text questions")
-    sp = _sampling_params(args)
-    sampler = Sampler(model, tokenizer, max_prompt_len=args.max_prompt_len)
-    replies = steer(sampler, questions, sp, jax.random.key(args.seed), llm_shift=args.llm_shift,
-                    user_shift=args.user_shift, batch_size=args.batch_size, progress=len(questions) > args.batch_size)
-    for reply in replies:
-        print(json.dumps(dataclasses.asdict(reply), ensure_ascii=False))
-    return 0
-
-
 def cmd_bench(args, config_spec, overrides) -> int:
     if args.which == "rollout":
         from jaxalign.bench.rollout import main as bench_main
     else:
         from jaxalign.bench.train import main as bench_main
     return int(bench_main(args.bench_args) or 0)
-
-
-def _load_text_model(args, why: str):
-    """`--model` with its tokenizer (loaded in the sampling layout); a usage error when it has none."""
-    from jaxalign.models import load_model
-
-    model, tokenizer = load_model(args.model, role="sample")
-    if tokenizer is None:
-        raise UsageError(f"model {args.model!r} has no tokenizer; {why}")
-    return model, tokenizer
-
-
-def _sampling_params(args, **extra):
-    """SamplingParams from the options `_add_generation_args` defines, plus command-specific fields."""
-    from jaxalign.rollout import SamplingParams
-
-    return SamplingParams(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                          top_p=args.top_p, greedy=args.greedy, **extra)
-
-
-def _add_generation_args(p: argparse.ArgumentParser, *, prompt_help: str, file_help: str, max_new_tokens: int) -> None:
-    """The model, prompt source and sampling options shared by `sample` and `steer`."""
-    p.add_argument("--model", required=True, help="HF dir, .gguf path or smollm2-135m-instruct")
-    group = p.add_mutually_exclusive_group(required=True)
-    group.add_argument("--prompt", help=prompt_help)
-    group.add_argument("--prompts-file", help="JSONL: one string or {\"prompt\": ...} per line" + file_help)
-    p.add_argument("--max-new-tokens", type=int, default=max_new_tokens)
-    p.add_argument("--greedy", action="store_true")
-    p.add_argument("--temperature", type=float, default=1.0)
-    p.add_argument("--top-p", type=float, default=1.0)
-    p.add_argument("--top-k", type=int, default=0)
-    p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -219,32 +153,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="or evaluate this model (HF dir, .gguf, smollm2-135m-instruct)")
     p.set_defaults(fn=cmd_eval)
 
-    p = add_parser("export", help="write the policy of a run's latest checkpoint as an HF model")
+    p = add_parser("export", help="write an agent's policy of a run's latest checkpoint as an HF model")
     p.add_argument("--workdir", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--agent", help="the agent to export (default: the run's only agent)")
     p.set_defaults(fn=cmd_export)
 
     p = add_parser("sample", help="sample completions from a model")
-    _add_generation_args(p, prompt_help="one prompt (the chat template is applied); prints the completion",
+    add_generation_args(p, prompt_help="one prompt (the chat template is applied); prints the completion",
                          file_help="; prints one JSON line per sample", max_new_tokens=128)
     p.add_argument("--n", type=int, default=1)
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="a stop string (repeatable); the response ends with the first one generated")
     p.set_defaults(fn=cmd_sample)
 
-    p = add_parser("steer", help="GTAlign pricing steering: reprice the model's payoff matrix, then let it continue")
-    _add_generation_args(p, prompt_help="one question", file_help="", max_new_tokens=512)
-    p.add_argument("--llm-shift", type=float, default=0.0,
-                   help="added to every LLM payoff (subscription pricing: negative, turns cost the provider)")
-    p.add_argument("--user-shift", type=float, default=0.0,
-                   help="added to every user payoff (API pricing: negative, tokens cost the user)")
-    p.add_argument("--max-prompt-len", type=int, default=2048)
-    p.set_defaults(fn=cmd_steer)
-
     p = add_parser("bench", help="rollout or train-step benchmarks")
     p.add_argument("which", choices=("rollout", "train"))
     p.add_argument("bench_args", nargs=argparse.REMAINDER)
     p.set_defaults(fn=cmd_bench)
+
+    from jaxalign.methods import METHODS  # methods add their own subcommands (e.g. GTAlign's steer)
+
+    for method_cls in METHODS.values():
+        method_cls.add_commands(sub, [common])
     return parser
 
 

@@ -16,7 +16,12 @@ Sections of the ConfigDict (see `configs/common.py` for defaults):
   logging    progress, tensorboard, samples_every, report
   rewards    num_workers, timeout_s
   critic     mode, head_init_std, optim{...}, critic_warmup_steps   (PPO with a learned critic, estimator gae)
-  <method>   the method's own section, passed through untouched (e.g. `rlev`)
+  agents     optional: {name: {model, rollout, algorithm, optim, critic}}, each agent's sections deep-merged
+             over the top-level ones; without it there is one agent, `policy`, made of the top-level sections
+  stages     optional: [{steps, train: [agent names], overrides: {method field: value}}]; without it one stage
+             trains every agent for train.steps
+  <method>   the method's own section, passed through untouched (e.g. `rlev`); checked by the method
+             (`jaxalign.methods.build_method`), since this module imports nothing from `methods/` or `train/`
 """
 
 from __future__ import annotations
@@ -126,7 +131,7 @@ class OptimSpec:
 
     def optim_config(self):
         """The train state's `OptimConfig` built from the `optim` section."""
-        from jaxalign.train.state import OptimConfig
+        from jaxalign.algorithms.optim import OptimConfig
 
         return _build_dataclass(OptimConfig, self.kwargs, "optim")
 
@@ -188,9 +193,49 @@ class CriticSpec:
 
     def optim_config(self, policy_optim: "OptimSpec"):
         """The separate critic's `OptimConfig`: the policy's `optim` fields overridden by `critic.optim`."""
-        from jaxalign.train.state import OptimConfig
+        from jaxalign.algorithms.optim import OptimConfig
 
         return _build_dataclass(OptimConfig, {**policy_optim.kwargs, **self.optim}, "critic.optim")
+
+
+DEFAULT_AGENT = "policy"
+AGENT_SECTIONS = ("model", "rollout", "algorithm", "optim", "critic")
+
+
+@dataclasses.dataclass(frozen=True)
+class AgentSpec:
+    """One trained agent: its model, sampling, RL algorithm, optimizer and (estimator "gae") critic.
+
+    Built from `agents.<name>.<section>` deep-merged over the top-level section of the same name, so an
+    agent states only what differs. Agents may use different models (and tokenizers).
+    """
+
+    name: str
+    model: ModelSpec
+    rollout: RolloutSpec
+    algorithm: AlgorithmSpec
+    optim: OptimSpec
+    critic: CriticSpec | None = None
+
+    @property
+    def uses_critic(self) -> bool:
+        return self.algorithm.estimator == "gae"
+
+
+@dataclasses.dataclass(frozen=True)
+class StageSpec:
+    """A stretch of training steps: which agents train and which method fields change.
+
+    Attributes:
+      steps: steps in this stage; -1 (last stage only) = the rest of `train.steps`.
+      train: names of the agents updated in this stage; the others keep their parameters and optimizer
+        state bit for bit (they still act in episodes).
+      overrides: method config fields and their values in this stage (e.g. WaltzRL's `lam: 0.0`).
+    """
+
+    steps: int
+    train: tuple[str, ...]
+    overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,11 +256,29 @@ class ExperimentConfig:
     method_config: ml_collections.FrozenConfigDict
     raw: Mapping[str, Any]
     critic: CriticSpec | None = None  # the `critic` section; used by estimator "gae"
+    agents: Mapping[str, AgentSpec] = dataclasses.field(default_factory=dict)  # name -> spec, in order
+    stages: tuple[StageSpec, ...] = ()
 
     @property
     def uses_critic(self) -> bool:
-        """Whether the run trains a learned critic (estimator "gae")."""
-        return self.algorithm.estimator == "gae"
+        """Whether any agent trains a learned critic (estimator "gae")."""
+        return any(a.uses_critic for a in self.agents.values()) or self.algorithm.estimator == "gae"
+
+    @property
+    def agent(self) -> AgentSpec:
+        """The only agent of a single-agent run (an error naming the agents otherwise)."""
+        if len(self.agents) != 1:
+            raise ConfigError(f"this run has {len(self.agents)} agents ({', '.join(self.agents)}); name one")
+        return next(iter(self.agents.values()))
+
+    def stage_at(self, step: int) -> tuple[int, StageSpec]:
+        """(index, stage) of training step `step` (1-based)."""
+        end = 0
+        for index, stage in enumerate(self.stages):
+            end = self.train.steps if stage.steps == -1 else end + stage.steps
+            if step <= end:
+                return index, stage
+        return len(self.stages) - 1, self.stages[-1]
 
     def to_json(self) -> str:
         return json.dumps(self.raw, indent=2, sort_keys=True)
@@ -251,42 +314,144 @@ def from_config_dict(cd: ml_collections.ConfigDict, *, num_devices: int | None =
         if key not in cd:
             raise ConfigError(f"config is missing top-level '{key}'; start from configs/common.py:base_config()")
     method = str(cd.method)
-    algorithm = cd.algorithm.to_dict()
-    algorithm_spec = AlgorithmSpec(
-        estimator=algorithm.pop("estimator", ""),
-        advantage=_freeze(algorithm.pop("advantage", {})),
-        loss=_freeze(algorithm.pop("loss", {})),
-        **_check_fields(AlgorithmSpec, algorithm, "algorithm"),
-    )
+    for name in ("model", "rollout", "algorithm", "optim"):
+        if name not in cd:
+            raise ConfigError(f"config has no '{name}' section; start from configs/common.py:base_config()")
+    top = {name: _plain(cd[name]) for name in AGENT_SECTIONS if name in cd and cd[name] is not None}
+    default = _agent_spec(DEFAULT_AGENT, top, "")
+    agents_section = _plain(cd.get("agents")) or {}
+    if not isinstance(agents_section, Mapping):
+        raise ConfigError(f"agents must be a section {{name: {{section: ...}}}}, got {agents_section!r}")
+    agents = {DEFAULT_AGENT: default} if not agents_section else {
+        str(name): _agent_spec(str(name), _merge_agent(top, own, str(name)), f"agents.{name}.")
+        for name, own in agents_section.items()
+    }
     method_section = cd.get(method, ml_collections.ConfigDict())
+    train = _section(cd, "train", TrainSpec)
     config = ExperimentConfig(
         seed=int(cd.seed),
         method=method,
-        model=_section(cd, "model", ModelSpec),
+        model=default.model,
         mesh=_section(cd, "mesh", MeshSpec),
-        rollout=_section(cd, "rollout", RolloutSpec),
-        algorithm=algorithm_spec,
-        optim=OptimSpec(kwargs=_freeze(cd.optim.to_dict())),
-        train=_section(cd, "train", TrainSpec),
+        rollout=default.rollout,
+        algorithm=default.algorithm,
+        optim=default.optim,
+        train=train,
         checkpoint=_section(cd, "checkpoint", CheckpointSpec),
         logging=_section(cd, "logging", LoggingSpec),
         rewards=_section(cd, "rewards", RewardSpec),
         method_config=ml_collections.FrozenConfigDict(method_section),
         raw=json.loads(cd.to_json_best_effort()),
-        critic=_critic_section(cd),
+        critic=default.critic,
+        agents=_freeze(agents),
+        stages=_stages(_plain(cd.get("stages")), tuple(agents), train.steps),
     )
     validate(config, num_devices=num_devices)
     return config
 
 
-def _critic_section(cd: ml_collections.ConfigDict) -> CriticSpec | None:
-    if "critic" not in cd or cd.critic is None:
+def _plain(value: Any) -> Any:
+    """A ConfigDict (or FrozenConfigDict) as plain nested dicts; anything else as it is."""
+    if isinstance(value, (ml_collections.ConfigDict, ml_collections.FrozenConfigDict)):
+        return value.to_dict()
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _deep_merge(base: Mapping[str, Any], over: Mapping[str, Any]) -> dict:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _merge_agent(top: Mapping[str, Any], own: Any, name: str) -> dict:
+    """The top-level sections with agent `name`'s own sections deep-merged over them."""
+    own = _plain(own) or {}
+    if not isinstance(own, Mapping):
+        raise ConfigError(f"agents.{name} must be a section of {', '.join(AGENT_SECTIONS)}, got {own!r}")
+    unknown = sorted(set(own) - set(AGENT_SECTIONS))
+    if unknown:
+        raise ConfigError(f"agents.{name}: unknown section(s) {unknown}; an agent may set {', '.join(AGENT_SECTIONS)}")
+    merged = dict(top)
+    for section, values in own.items():
+        if values is None:
+            merged[section] = None
+        elif not isinstance(values, Mapping):
+            raise ConfigError(f"agents.{name}.{section} must be a section of fields, got {values!r}")
+        else:
+            merged[section] = _deep_merge(top.get(section) or {}, values)
+    return merged
+
+
+def _agent_spec(name: str, sections: Mapping[str, Any], where: str) -> AgentSpec:
+    algorithm = dict(sections["algorithm"])
+    algorithm_spec = AlgorithmSpec(
+        estimator=algorithm.pop("estimator", ""),
+        advantage=_freeze(algorithm.pop("advantage", {})),
+        loss=_freeze(algorithm.pop("loss", {})),
+        **_check_fields(AlgorithmSpec, algorithm, f"{where}algorithm"),
+    )
+    return AgentSpec(
+        name=name,
+        model=_build_dataclass(ModelSpec, sections["model"], f"{where}model"),
+        rollout=_build_dataclass(RolloutSpec, sections["rollout"], f"{where}rollout"),
+        algorithm=algorithm_spec,
+        optim=OptimSpec(kwargs=_freeze(sections["optim"])),
+        critic=_critic_section(sections.get("critic"), f"{where}critic"),
+    )
+
+
+def _critic_section(values: Mapping[str, Any] | None, where: str = "critic") -> CriticSpec | None:
+    if values is None:
         return None
-    values = cd.critic.to_dict() if isinstance(cd.critic, ml_collections.ConfigDict) else dict(cd.critic)
+    values = dict(values)
     optim = values.pop("optim", None) or {}
     if not isinstance(optim, Mapping):
-        raise ConfigError(f"critic.optim must be a section of OptimConfig fields (e.g. learning_rate), got {optim!r}")
-    return CriticSpec(optim=_freeze(optim), **_check_fields(CriticSpec, values, "critic"))
+        raise ConfigError(f"{where}.optim must be a section of OptimConfig fields (e.g. learning_rate), got {optim!r}")
+    return CriticSpec(optim=_freeze(optim), **_check_fields(CriticSpec, values, where))
+
+
+def _stages(section: Any, agents: tuple[str, ...], total_steps: int) -> tuple[StageSpec, ...]:
+    """The `stages` list checked against the agents and `train.steps` (default: one stage, every agent)."""
+    if not section:
+        return (StageSpec(steps=-1, train=agents),)
+    if not isinstance(section, (list, tuple)):
+        raise ConfigError(f"stages must be a list of {{steps, train, overrides}} sections, got {section!r}")
+    stages = []
+    for index, entry in enumerate(section):
+        where = f"stages[{index}]"
+        if not isinstance(entry, Mapping):
+            raise ConfigError(f"{where} must be a section {{steps, train, overrides}}, got {entry!r}")
+        unknown = sorted(set(entry) - {"steps", "train", "overrides"})
+        if unknown:
+            raise ConfigError(f"{where}: unknown field(s) {unknown}; valid fields: overrides, steps, train")
+        steps = entry.get("steps")
+        if not isinstance(steps, int) or isinstance(steps, bool) or not (steps > 0 or steps == -1):
+            raise ConfigError(f"{where}.steps must be a positive number of steps (or -1 = the rest), got {steps!r}")
+        if steps == -1 and index != len(section) - 1:
+            raise ConfigError(f"{where}.steps=-1 (the rest of train.steps) is allowed on the last stage only")
+        train = entry.get("train", list(agents))
+        train = (train,) if isinstance(train, str) else tuple(train)
+        bad = [a for a in train if a not in agents]
+        if bad:
+            raise ConfigError(f"{where}.train names unknown agent(s) {bad}; the agents are: {', '.join(agents)}")
+        overrides = entry.get("overrides") or {}
+        if not isinstance(overrides, Mapping):
+            raise ConfigError(f"{where}.overrides must map method fields to values, got {overrides!r}")
+        stages.append(StageSpec(steps=steps, train=train, overrides=_freeze(overrides)))
+    fixed = sum(s.steps for s in stages if s.steps != -1)
+    if stages[-1].steps != -1 and fixed != total_steps:
+        raise ConfigError(f"the stages' steps add up to {fixed} but train.steps is {total_steps}; make them "
+                          "equal or set the last stage's steps to -1 (the rest)")
+    if fixed >= total_steps and stages[-1].steps == -1:
+        raise ConfigError(f"the stages before the last take {fixed} of train.steps={total_steps} steps, leaving "
+                          "none for the last stage; raise train.steps")
+    return tuple(stages)
 
 
 def _check_fields(cls, values: dict, where: str) -> dict:
@@ -309,51 +474,22 @@ def _positive(where: str, value: int | float) -> None:
 
 
 def validate(config: ExperimentConfig, *, num_devices: int | None = None) -> None:
-    """Checks sizes, divisibility, names and the mesh against the devices; raises `ConfigError`."""
-    r, a = config.rollout, config.algorithm
-    for name in ("prompts_per_step", "samples_per_prompt", "max_prompt_len", "max_new_tokens"):
-        _positive(f"rollout.{name}", getattr(r, name))
-    for name in ("mini_batches", "micro_batches", "epochs"):
-        _positive(f"algorithm.{name}", getattr(a, name))
+    """Checks sizes, divisibility, names and the mesh against the devices; raises `ConfigError`.
+
+    Every agent is checked on its own sections; with several agents (or an `agents` section) a message
+    starts with `agent '<name>':`. The method's own section is checked by the method
+    (`jaxalign.methods.build_method`).
+    """
     _positive("train.steps", config.train.steps)
     if config.rewards.num_workers < 0:
         raise ConfigError(f"rewards.num_workers must be >= 0 (0 = in this process), got {config.rewards.num_workers}")
     _positive("rewards.timeout_s", config.rewards.timeout_s)
     _positive("checkpoint.keep", config.checkpoint.keep)
-    if r.temperature <= 0:
-        raise ConfigError(f"rollout.temperature must be > 0 (got {r.temperature}); greedy eval is separate")
-    if not 0 < r.top_p <= 1:
-        raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
-    if r.top_k < 0:
-        raise ConfigError(f"rollout.top_k must be >= 0 (0 = off), got {r.top_k}")
-    if r.overlong_prompts not in OVERLONG_PROMPT_MODES:
-        raise ConfigError(
-            f"rollout.overlong_prompts={r.overlong_prompts!r}; known modes: {', '.join(OVERLONG_PROMPT_MODES)}"
-        )
-    if r.dynamic_sampling and r.dynamic_sampling_max_tries < 1:
-        raise ConfigError("rollout.dynamic_sampling_max_tries must be >= 1 when dynamic sampling is on")
     for name in ("eval_every", "eval_examples"):
         if getattr(config.train, name) < 0:
             raise ConfigError(f"train.{name} must be >= 0 (0 = default), got {getattr(config.train, name)}")
     if config.checkpoint.every < 0:
         raise ConfigError(f"checkpoint.every must be >= 0 (0 = only at the end), got {config.checkpoint.every}")
-    for name in ("param_dtype", "dtype"):
-        if getattr(config.model, name) not in KNOWN_DTYPES:
-            raise ConfigError(f"model.{name}={getattr(config.model, name)!r}; known: {', '.join(KNOWN_DTYPES)}")
-
-    total = r.samples_per_step
-    if total % a.mini_batches:
-        raise ConfigError(
-            f"rollout batch prompts_per_step*samples_per_prompt = {r.prompts_per_step}*{r.samples_per_prompt} "
-            f"= {total} is not divisible by algorithm.mini_batches={a.mini_batches}; change either"
-        )
-    mini = total // a.mini_batches
-    if mini % a.micro_batches:
-        raise ConfigError(
-            f"mini-batch size {mini} (= {total} samples / {a.mini_batches} mini-batches) is not divisible by "
-            f"algorithm.micro_batches={a.micro_batches}; change either"
-        )
-    micro = mini // a.micro_batches
 
     if num_devices is None:
         import jax
@@ -376,7 +512,51 @@ def validate(config: ExperimentConfig, *, num_devices: int | None = None) -> Non
             f"mesh data*fsdp*tensor = {data * fsdp * tensor} does not use all {num_devices} devices; set one "
             "axis to -1 to take the rest"
         )
-    batch_parallel = data * fsdp
+    named = list(config.agents) != [DEFAULT_AGENT]
+    for agent in config.agents.values():
+        try:
+            _validate_agent(agent, config, batch_parallel=data * fsdp)
+        except ConfigError as e:
+            if named:
+                raise ConfigError(f"agent {agent.name!r}: {e}") from None
+            raise
+
+
+def _validate_agent(agent: AgentSpec, config: ExperimentConfig, *, batch_parallel: int) -> None:
+    r, a = agent.rollout, agent.algorithm
+    for name in ("prompts_per_step", "samples_per_prompt", "max_prompt_len", "max_new_tokens"):
+        _positive(f"rollout.{name}", getattr(r, name))
+    for name in ("mini_batches", "micro_batches", "epochs"):
+        _positive(f"algorithm.{name}", getattr(a, name))
+    if r.temperature <= 0:
+        raise ConfigError(f"rollout.temperature must be > 0 (got {r.temperature}); greedy eval is separate")
+    if not 0 < r.top_p <= 1:
+        raise ConfigError(f"rollout.top_p must be in (0, 1], got {r.top_p}")
+    if r.top_k < 0:
+        raise ConfigError(f"rollout.top_k must be >= 0 (0 = off), got {r.top_k}")
+    if r.overlong_prompts not in OVERLONG_PROMPT_MODES:
+        raise ConfigError(
+            f"rollout.overlong_prompts={r.overlong_prompts!r}; known modes: {', '.join(OVERLONG_PROMPT_MODES)}"
+        )
+    if r.dynamic_sampling and r.dynamic_sampling_max_tries < 1:
+        raise ConfigError("rollout.dynamic_sampling_max_tries must be >= 1 when dynamic sampling is on")
+    for name in ("param_dtype", "dtype"):
+        if getattr(agent.model, name) not in KNOWN_DTYPES:
+            raise ConfigError(f"model.{name}={getattr(agent.model, name)!r}; known: {', '.join(KNOWN_DTYPES)}")
+
+    total = r.samples_per_step
+    if total % a.mini_batches:
+        raise ConfigError(
+            f"rollout batch prompts_per_step*samples_per_prompt = {r.prompts_per_step}*{r.samples_per_prompt} "
+            f"= {total} is not divisible by algorithm.mini_batches={a.mini_batches}; change either"
+        )
+    mini = total // a.mini_batches
+    if mini % a.micro_batches:
+        raise ConfigError(
+            f"mini-batch size {mini} (= {total} samples / {a.mini_batches} mini-batches) is not divisible by "
+            f"algorithm.micro_batches={a.micro_batches}; change either"
+        )
+    micro = mini // a.micro_batches
     if micro % batch_parallel:
         raise ConfigError(
             f"micro-batch size {micro} (= {total} samples / {a.mini_batches} mini / {a.micro_batches} micro) is "
@@ -387,45 +567,27 @@ def validate(config: ExperimentConfig, *, num_devices: int | None = None) -> Non
         raise ConfigError(
             f"rollout batch {total} is not divisible by the mesh's batch-parallel size data*fsdp = {batch_parallel}"
         )
-    _validate_names(config)
-
-
-def _validate_names(config: ExperimentConfig) -> None:
-    from jaxalign import methods as _methods  # noqa: F401  (registers the built-in methods)
-    from jaxalign.train import toy_task as _toy_task  # noqa: F401  (registers "toy_token")
-    from jaxalign.methods.base import get_method
-
-    try:
-        method_cls = get_method(config.method)
-    except ValueError as e:
-        raise ConfigError(f"config.method: {e}") from None
-    try:  # constructing a method only parses its config section; data loads later, in load_data()
-        method_cls(config.method_config)
-    except (ValueError, TypeError) as e:
-        raise ConfigError(f"config section '{config.method}': {e}") from None
     from jaxalign.algorithms.advantages import ESTIMATORS
 
-    if config.algorithm.estimator not in ESTIMATORS:
+    if a.estimator not in ESTIMATORS:
         raise ConfigError(
-            f"algorithm.estimator={config.algorithm.estimator!r} is unknown; known estimators: "
-            f"{', '.join(sorted(ESTIMATORS))}"
+            f"algorithm.estimator={a.estimator!r} is unknown; known estimators: {', '.join(sorted(ESTIMATORS))}"
         )
-    if "temperature" in config.algorithm.loss:
+    if "temperature" in a.loss:
         raise ConfigError("algorithm.loss.temperature is taken from rollout.temperature; remove it")
-    config.algorithm.advantage_config()
-    config.algorithm.loss_config(config.rollout.temperature)
-    _validate_groups(config)
-    if config.uses_critic:
-        _validate_critic(config)
-    if not config.algorithm.recompute_old_logprobs and (config.algorithm.mini_batches > 1 or
-                                                         config.algorithm.epochs > 1):
+    a.advantage_config()
+    a.loss_config(r.temperature)
+    _validate_groups(agent)
+    if agent.uses_critic:
+        _validate_critic(agent, config.train.steps)
+    if not a.recompute_old_logprobs and (a.mini_batches > 1 or a.epochs > 1):
         raise ConfigError("algorithm.recompute_old_logprobs=False is exact only with one mini-batch and one "
                           "epoch per step; set it True or use mini_batches=1, epochs=1")
-    config.optim.optim_config()
+    agent.optim.optim_config()
 
 
-def _validate_groups(config: ExperimentConfig) -> None:
-    r, estimator = config.rollout, config.algorithm.estimator
+def _validate_groups(agent: AgentSpec) -> None:
+    r, estimator = agent.rollout, agent.algorithm.estimator
     if r.samples_per_prompt == 1 and estimator in GROUP_ESTIMATORS:
         raise ConfigError(
             f"algorithm.estimator={estimator!r} compares the samples of each prompt, so with "
@@ -437,9 +599,9 @@ def _validate_groups(config: ExperimentConfig) -> None:
                           "rollout.samples_per_prompt >= 2; raise it or set dynamic_sampling=False")
 
 
-def _validate_critic(config: ExperimentConfig) -> None:
-    """Checks the `critic` section of a gae run (a missing section, mode, sizes, optimizer fields)."""
-    critic = config.critic
+def _validate_critic(agent: AgentSpec, train_steps: int) -> None:
+    """Checks the `critic` section of a gae agent (a missing section, mode, sizes, optimizer fields)."""
+    critic = agent.critic
     if critic is None:
         raise ConfigError(
             "algorithm.estimator='gae' trains a learned critic and needs a 'critic' section; add one "
@@ -453,19 +615,19 @@ def _validate_critic(config: ExperimentConfig) -> None:
                           f"{critic.head_init_std}")
     if critic.critic_warmup_steps < 0:
         raise ConfigError(f"critic.critic_warmup_steps must be >= 0, got {critic.critic_warmup_steps}")
-    if critic.critic_warmup_steps >= config.train.steps:
+    if critic.critic_warmup_steps >= train_steps:
         raise ConfigError(
             f"critic.critic_warmup_steps={critic.critic_warmup_steps} leaves no policy update in "
-            f"train.steps={config.train.steps}; lower it below train.steps"
+            f"train.steps={train_steps}; lower it below train.steps"
         )
     if critic.mode == "shared":
         if critic.critic_warmup_steps:
             raise ConfigError("critic.critic_warmup_steps needs critic.mode='separate': a shared value head is "
                               "trained together with the policy; set critic_warmup_steps=0 or use a separate critic")
-        if float(config.algorithm.loss.get("value_coef", 0.5)) <= 0:
+        if float(agent.algorithm.loss.get("value_coef", 0.5)) <= 0:
             raise ConfigError("critic.mode='shared' trains the value head through algorithm.loss.value_coef * "
                               "value_loss, so value_coef must be > 0; raise it or use a separate critic")
-    critic.optim_config(config.optim)
+    critic.optim_config(agent.optim)
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -20,6 +20,7 @@ import math
 from typing import Any, Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
@@ -141,6 +142,22 @@ def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     if ndim < 1:
         raise ValueError(f"a batch array needs at least one dimension, got ndim={ndim}")
     return NamedSharding(mesh, PartitionSpec(BATCH_AXES, *([None] * (ndim - 1))))
+
+
+def put_batch(array_np: Any, mesh: Mesh | None, batch_axis: int = 0) -> jax.Array:
+    """A host array as a global array split over ("data", "fsdp") along `batch_axis` (the one way host
+    batches reach the mesh: sampler prompts, training batches, benchmarks).
+
+    Every process holds the same whole array (rollouts are gathered to all hosts), so each process just
+    puts the rows of its own devices. Without a mesh: the array on the default device.
+    """
+    array_np = np.asarray(array_np)
+    if mesh is None:
+        return jnp.asarray(array_np)
+    spec = [None] * array_np.ndim
+    spec[batch_axis] = BATCH_AXES
+    return jax.make_array_from_callback(array_np.shape, NamedSharding(mesh, PartitionSpec(*spec)),
+                                        lambda index: array_np[index])
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -12,8 +12,9 @@ from flax import nnx
 
 from jaxalign import cli
 from jaxalign.config import ConfigError, apply_overrides, from_config_dict, load_config_file
-from jaxalign.train import loop
-from jaxalign.train.restore import _restored_agent, run_config
+from jaxalign import runs
+from jaxalign.runs import restored_agents, run_config
+from jaxalign.train.agents import check_vocab
 
 
 def _config(**overrides):
@@ -25,7 +26,7 @@ def _config(**overrides):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("tiny_run")
-    return workdir, loop.train(_config(**{"train.steps": 6}), workdir)
+    return workdir, runs.train(_config(**{"train.steps": 6}), workdir)
 
 
 def test_eval_of_the_run_directory_reproduces_the_final_eval(run, capsys):
@@ -58,7 +59,7 @@ def test_export_loads_in_transformers_with_the_checkpoint_logits(run, tmp_path, 
     with torch.no_grad():
         hf_logits = hf_model(torch.tensor(tokens)).logits.numpy()
 
-    agent, _ = _restored_agent(run_config(workdir), workdir)
+    agent = restored_agents(run_config(workdir), workdir)["policy"]
     trained = _logits_jax(nnx.merge(agent.graphdef, agent.state.params), tokens)
     np.testing.assert_allclose(hf_logits, trained, atol=2e-4, rtol=2e-4)
     # The export holds the trained weights, not the initial ones.
@@ -90,7 +91,7 @@ def test_tokenizer_larger_than_the_model_vocabulary_fails_before_training(tmp_pa
     export_hf(model, Tokenizer(_word_tokenizer(300)), str(model_dir))
     workdir = tmp_path / "run"
     with pytest.raises(ConfigError, match="300 tokens but the model's embedding has only 256 rows"):
-        loop.train(_config(**{"model.spec": str(model_dir)}), workdir)
+        runs.train(_config(**{"model.spec": str(model_dir)}), workdir)
     assert not (workdir / "metrics.jsonl").exists() and not (workdir / "checkpoints").exists()
     code = cli.main(["train", "--config=configs/tiny_test.py", f"--config.model.spec={model_dir}",
                      f"--workdir={workdir}"])
@@ -99,7 +100,7 @@ def test_tokenizer_larger_than_the_model_vocabulary_fails_before_training(tmp_pa
     # The matching tokenizer passes the check.
     export_hf(model, Tokenizer(_word_tokenizer(256)), str(tmp_path / "ok"))
     loaded, tokenizer = load_model(str(tmp_path / "ok"))
-    loop.check_vocab(loaded.cfg, tokenizer, "ok")
+    check_vocab(loaded.cfg, tokenizer, "ok")
     assert tokenizer.vocab_size == 256
 
 
@@ -112,7 +113,7 @@ def test_eval_and_export_of_a_shared_value_head_run(tmp_path, capsys):
     config = from_config_dict(apply_overrides(cd, {"logging.progress": "False", "train.steps": "2",
                                                    "train.eval_every": "0"}))
     workdir = tmp_path / "run"
-    result = loop.train(config, workdir)
+    result = runs.train(config, workdir)
     capsys.readouterr()  # the run's own before/after table
 
     assert cli.main(["eval", f"--workdir={workdir}"]) == 0
@@ -120,7 +121,7 @@ def test_eval_and_export_of_a_shared_value_head_run(tmp_path, capsys):
 
     out = tmp_path / "hf"
     assert cli.main(["export", "--workdir", str(workdir), "--out", str(out)]) == 0
-    agent, _ = _restored_agent(run_config(workdir), workdir)
+    agent = restored_agents(run_config(workdir), workdir)["policy"]
     assert set(agent.state.params) == {"policy", "value_head"}  # the head is in the state, not the export
     tokens = np.random.default_rng(1).integers(0, 256, size=(2, 10))
     hf_model = transformers.AutoModelForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()

@@ -52,7 +52,6 @@ def test_unknown_or_mistyped_override_key(overrides, fragment):
         ({"algorithm.mini_batches": 5}, 8, "not divisible by algorithm.mini_batches=5"),
         ({"algorithm.micro_batches": 3}, 8, "not divisible by\nalgorithm.micro_batches|algorithm.micro_batches=3"),
         ({"algorithm.estimator": "ppo2"}, 8, "known estimators: .*grpo.*rloo"),
-        ({"method": "nope"}, 8, "unknown method 'nope'; known methods: .*toy_token"),
         ({"mesh.data": 16}, 8, "larger than the 8 available devices"),
         ({"mesh.data": 2, "mesh.fsdp": 2}, 8, "does not use all 8 devices"),
         ({"rollout.samples_per_prompt": 0}, 8, "rollout.samples_per_prompt must be positive"),
@@ -74,10 +73,15 @@ def test_missing_config_file():
         load_config_file("configs/no_such_config.py")
 
 
-def test_method_section_is_checked_when_the_config_loads():
+def test_method_section_is_checked_when_the_method_is_built():
+    from jaxalign.methods import build_method
+
     cd = apply_overrides(load_config_file("configs/rlev_smollm2_demo.py"), {"rlev.reward": "bogus"})
     with pytest.raises(ConfigError, match="config section 'rlev'.*unknown mode 'bogus'"):
-        from_config_dict(cd, num_devices=8)
+        build_method(from_config_dict(cd, num_devices=8))
+    cd = _load(method="nope")
+    with pytest.raises(ConfigError, match="unknown method 'nope'; known methods: .*toy_token"):
+        build_method(from_config_dict(cd, num_devices=8))
 
 
 def test_rlev_section_lists_every_rlev_field_so_each_can_be_overridden():

@@ -9,7 +9,7 @@ import pytest
 from flax import nnx
 
 from jaxalign.algorithms.advantages import AdvantageConfig, compute_advantages
-from jaxalign.algorithms.batch import place_response, response_columns, sequence_batch, split_micro_batches
+from jaxalign.train.batching import place_response, response_columns, sequence_batch, split_micro_batches
 from jaxalign.algorithms.losses import LossConfig, loss_weights
 from jaxalign.models import Transformer, causal_attention_mask, get_preset, positions_from_mask
 from jaxalign.models.value import (
@@ -26,7 +26,8 @@ from jaxalign.train.critic import (
     make_value_fn,
     value_objective,
 )
-from jaxalign.train.state import OptimConfig, init_train_state, make_optimizer, state_shardings
+from jaxalign.algorithms.optim import OptimConfig, make_optimizer
+from jaxalign.train.state import init_train_state, state_shardings
 from jaxalign.train.step import make_logprob_fn, make_train_step
 
 N, P, R = 8, 4, 6

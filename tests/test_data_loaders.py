@@ -5,12 +5,13 @@ import json
 import numpy as np
 import pytest
 
+from jaxalign.methods.rlev import make_exam_set
+
 from jaxalign.data import (
     DIFFICULTY_POINTS,
     InvalidRowError,
     load_rows,
     load_tfds_rows,
-    make_exam_set,
     parse_rows,
     prompt_from_query,
     weak_value,

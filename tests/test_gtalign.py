@@ -7,16 +7,16 @@ import math
 import numpy as np
 import pytest
 
-from jaxalign.methods import gtalign_game as game
 from jaxalign.methods.gtalign import (
     GTAlignConfig,
     GTAlignMethod,
     example_from_row,
+    game,
     game_messages,
     gtalign_features,
     zscore_by_source,
 )
-from jaxalign.methods.gtalign_prompts import GAME_PREFIX
+from jaxalign.methods.gtalign.prompts import GAME_PREFIX
 from jaxalign.rewards.pool import RewardPool
 
 MATRIX = {"DQ_AQ": (2.0, 2.5), "DQ_CQ": (1.0, 0.5), "DQ_DA": (3.1, 3.4),
@@ -317,7 +317,7 @@ class ScriptedSampler:
 def test_steer_reprices_the_matrix_and_continues_from_it():
     import jax
 
-    from jaxalign.methods.gtalign_steer import steer
+    from jaxalign.methods.gtalign.steer import steer
     from jaxalign.rollout import SamplingParams
 
     # Before: DQ_DA (3.0, 2.0) beats DQ_AQ (2.0, 2.8) on the sum, 5.0 vs 4.8. Subscription pricing (-1 on
@@ -345,3 +345,20 @@ def test_steer_reprices_the_matrix_and_continues_from_it():
         steer(sampler, ["q"], sp, jax.random.key(0))
     with pytest.raises(ValueError, match="n must be 1"):
         steer(sampler, ["q"], SamplingParams(n=2), jax.random.key(0), user_shift=-1.0)
+
+
+def test_steer_command_is_added_by_the_method_with_the_shared_options():
+    import argparse
+
+    from jaxalign.methods.gtalign.steer import cmd_steer
+
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="jaxalign")
+    sub = parser.add_subparsers(dest="command", required=True)
+    GTAlignMethod.add_commands(sub, [common])
+    args = parser.parse_args(["steer", "--model", "m", "--prompt", "q", "--user-shift", "-2", "--log-level", "DEBUG"])
+    assert args.fn is cmd_steer and args.log_level == "DEBUG"
+    assert (args.llm_shift, args.user_shift, args.max_prompt_len, args.max_new_tokens) == (0.0, -2.0, 2048, 512)
+    assert (args.prompt, args.prompts_file, args.batch_size, args.seed, args.greedy) == ("q", None, 16, 0, False)
+

@@ -1,6 +1,6 @@
 """End to end on 8 fake devices with the random tiny model and the token-level `toy_token` method: reward
 rises from well below its ceiling; a run of 4 steps equals 2 steps + resume + 2 steps exactly; a NaN stops
-before anything is saved; the `attach_sampler` hook runs before `load_data`."""
+before anything is saved; the `setup` hook gets the agents before `load_data`."""
 
 import json
 
@@ -11,10 +11,11 @@ import pytest
 
 from jaxalign.config import apply_overrides, from_config_dict, load_config_file
 from jaxalign.methods.base import METHODS, register
-from jaxalign.train import loop
+from jaxalign import distributed, runs
+from jaxalign.train import learner, loop
 from jaxalign.train.checkpoint import Checkpointer
 from jaxalign.train.metrics import read_metrics
-from jaxalign.train.toy_task import ToyTokenMethod, token_features
+from jaxalign.methods.toy.token import ToyTokenMethod, token_features
 
 
 def _config(**overrides):
@@ -36,7 +37,7 @@ def _saved_params(workdir, step):
 def test_reward_rises_from_well_below_the_ceiling(tmp_path):
     config = _config(**{"train.steps": 16, "train.eval_every": 0})
     target, vocab = config.method_config.target_below, 256  # the tiny preset's vocabulary
-    result = loop.train(config, tmp_path)
+    result = runs.train(config, tmp_path)
     rewards = np.array([r["reward/mean"] for r in result.history])
     assert len(rewards) == 16
     # An untrained policy samples a target id about target/vocab of the time: far from the ceiling of 1.
@@ -48,9 +49,9 @@ def test_reward_rises_from_well_below_the_ceiling(tmp_path):
 
 def test_resume_is_exact(tmp_path):
     overrides = {"train.eval_every": 0, "checkpoint.every": 1}
-    full = loop.train(_config(**{"train.steps": 4, **overrides}), tmp_path / "full")
-    first = loop.train(_config(**{"train.steps": 2, **overrides}), tmp_path / "split")
-    resumed = loop.train(_config(**{"train.steps": 4, **overrides}), tmp_path / "split")
+    full = runs.train(_config(**{"train.steps": 4, **overrides}), tmp_path / "full")
+    first = runs.train(_config(**{"train.steps": 2, **overrides}), tmp_path / "split")
+    resumed = runs.train(_config(**{"train.steps": 4, **overrides}), tmp_path / "split")
     assert len(full.history) == 4 and len(first.history) == 2 and len(resumed.history) == 2
     records = _train_records(tmp_path / "full")
     assert [r["step"] for r in records] == [1, 2, 3, 4]
@@ -60,12 +61,12 @@ def test_resume_is_exact(tmp_path):
     jax.tree.map(np.testing.assert_array_equal, full_params, split_params)
     # The parameters did move between step 2 and step 4, so the comparison above is not vacuous.
     moved = jax.tree.map(lambda a, b: float(np.abs(np.asarray(a) - np.asarray(b)).max()),
-                         _saved_params(tmp_path / "split", 2)[0]["params"], split_params[0]["params"])
+                         _saved_params(tmp_path / "split", 2)["policy"]["params"], split_params["policy"]["params"])
     assert max(jax.tree.leaves(moved)) > 0
 
 
 def test_nan_loss_stops_before_saving_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
-    original, calls = loop._batch_for_estimator, []
+    original, calls = learner.prepare, []
 
     def poisoned(*args, **kwargs):
         batch = original(*args, **kwargs)
@@ -73,9 +74,9 @@ def test_nan_loss_stops_before_saving_and_keeps_last_good_checkpoint(tmp_path, m
         batch.advantages = batch.advantages * (np.nan if len(calls) == 3 else 1.0)
         return batch
 
-    monkeypatch.setattr(loop, "_batch_for_estimator", poisoned)
-    with pytest.raises(loop.TrainingDiverged, match="non-finite loss at step 3"):
-        loop.train(_config(**{"train.steps": 6, "checkpoint.every": 1, "train.eval_every": 0}), tmp_path)
+    monkeypatch.setattr(learner, "prepare", poisoned)
+    with pytest.raises(learner.TrainingDiverged, match="non-finite loss at step 3"):
+        runs.train(_config(**{"train.steps": 6, "checkpoint.every": 1, "train.eval_every": 0}), tmp_path)
     assert Checkpointer(tmp_path).all_steps() == [1, 2]
     assert [r["step"] for r in _train_records(tmp_path)] == [1, 2]
 
@@ -91,7 +92,7 @@ def test_nan_rewards_count_as_failed_samples(tmp_path, monkeypatch):
         return rewards, components
 
     monkeypatch.setattr(ToyTokenMethod, "rewards", some_nan)
-    result = loop.train(_config(**{"train.steps": 2, "train.eval_every": 0}), tmp_path)
+    result = runs.train(_config(**{"train.steps": 2, "train.eval_every": 0}), tmp_path)
     for record in result.history:
         assert record["rollout/failed"] == 3
         assert np.isfinite(record["reward/mean"]) and np.isfinite(record["loss/loss"])
@@ -100,8 +101,8 @@ def test_nan_rewards_count_as_failed_samples(tmp_path, monkeypatch):
 class _RecordingToy(ToyTokenMethod):
     calls: list = []
 
-    def attach_sampler(self, sampler, sampling_params=None, key=None):
-        self.calls.append(("attach_sampler", type(sampler).__name__))
+    def setup(self, agents):
+        self.calls.append(("setup", {name: type(a.sampler).__name__ for name, a in agents.items()}))
 
     def load_data(self):
         self.calls.append(("load_data", None))
@@ -112,10 +113,10 @@ if "toy_token_recording" not in METHODS:
     register("toy_token_recording")(_RecordingToy)
 
 
-def test_attach_sampler_is_called_with_the_policy_sampler_before_load_data(tmp_path):
+def test_setup_gets_the_agents_before_load_data(tmp_path):
     _RecordingToy.calls.clear()
-    loop.train(_config(**{"method": "toy_token_recording", "train.steps": 1, "train.eval_every": 0}), tmp_path)
-    assert _RecordingToy.calls == [("attach_sampler", "Sampler"), ("load_data", None)]
+    runs.train(_config(**{"method": "toy_token_recording", "train.steps": 1, "train.eval_every": 0}), tmp_path)
+    assert _RecordingToy.calls == [("setup", {"policy": "Sampler"}), ("load_data", None)]
 
 
 def test_token_features_reference():
@@ -143,7 +144,7 @@ def test_toy_prompts_never_contain_targets_and_bad_ranges_fail():
      {"coordinator_address": "10.0.0.1:1234", "num_processes": 2, "process_id": 1}),
 ])
 def test_distributed_detection(environ, expected):
-    assert loop.distributed_init_kwargs(environ) == expected
+    assert distributed.distributed_init_kwargs(environ) == expected
 
 
 def test_remat_setting_reaches_the_model_and_leaves_training_unchanged(tmp_path):
@@ -153,9 +154,8 @@ def test_remat_setting_reaches_the_model_and_leaves_training_unchanged(tmp_path)
     histories = {}
     for remat in (False, True):
         config = _config(**{"model.remat": remat, "train.steps": 2, "train.eval_every": 0, "checkpoint.every": 0})
-        _, _, model_cfg = build_agent(config, make_mesh())
-        assert model_cfg.remat is remat
-        loop.train(config, tmp_path / str(remat))
+        assert build_agent(config.agent, make_mesh()).model_cfg.remat is remat
+        runs.train(config, tmp_path / str(remat))
         histories[remat] = _train_records(tmp_path / str(remat))
     for plain, rematted in zip(histories[False], histories[True]):
         assert plain.keys() == rematted.keys()
@@ -167,7 +167,7 @@ def test_remat_setting_reaches_the_model_and_leaves_training_unchanged(tmp_path)
 def test_a_restart_without_checkpoint_replaces_the_crashed_attempts_records(tmp_path):
     (tmp_path / "metrics.jsonl").write_text(
         '{"step": 0, "kind": "eval", "eval/target_fraction": 9.0}\n{"step": 1, "kind": "train", "reward/mean": 9.0}\n')
-    loop.train(_config(**{"train.steps": 1, "train.eval_every": 0, "checkpoint.every": 0}), tmp_path)
+    runs.train(_config(**{"train.steps": 1, "train.eval_every": 0, "checkpoint.every": 0}), tmp_path)
     raw = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(r["step"], r["kind"]) for r in raw] == [(0, "eval"), (1, "train"), (1, "eval")]
     assert all(r.get("eval/target_fraction", 0.0) != 9.0 and r.get("reward/mean", 0.0) != 9.0 for r in raw)

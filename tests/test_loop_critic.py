@@ -10,7 +10,8 @@ import pytest
 
 from jaxalign.algorithms.advantages import AdvantageConfig
 from jaxalign.config import apply_overrides, from_config_dict, load_config_file
-from jaxalign.train import batching, loop
+from jaxalign import runs
+from jaxalign.train import batching, learner, loop
 from jaxalign.train.checkpoint import Checkpointer
 from jaxalign.train.metrics import read_metrics
 
@@ -27,7 +28,7 @@ def _train_records(workdir):
 
 
 def _saved(workdir, step):
-    return ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")["agents"][0]
+    return ocp.PyTreeCheckpointer().restore(workdir / "checkpoints" / str(step) / "state")["agents"]["policy"]
 
 
 @pytest.mark.parametrize("mode", ["separate", "shared"])
@@ -35,7 +36,7 @@ def test_gae_run_reward_rises_and_value_loss_falls(tmp_path, mode):
     # A random value head (spread ~1) starts far from the returns (rewards in [0, 1], mostly near 0).
     config = _config(mode, **{"train.steps": 16, "critic.head_init_std": 1.0})
     assert config.rollout.samples_per_prompt == 1 and config.critic.mode == mode
-    result = loop.train(config, tmp_path)
+    result = runs.train(config, tmp_path)
     history = result.history
     rewards = np.array([r["reward/mean"] for r in history])
     value_loss = np.array([r["critic/value_loss"] for r in history])
@@ -82,7 +83,7 @@ def test_gae_over_rows_with_masked_prompt_columns_equals_gae_over_responses(gamm
     values = rng.normal(size=seqs.tokens_nt.shape).astype(np.float32)  # garbage off the response too
     rewards = rng.uniform(size=n).astype(np.float32)
     cfg = AdvantageConfig(estimator="gae", gamma=gamma, lam=lam, whiten=False)
-    adv, returns = loop._advantages_jit("gae", cfg, rewards, np.arange(n, dtype=np.int32), seqs.loss_mask_nt,
+    adv, returns = learner._advantages_jit("gae", cfg, rewards, np.arange(n, dtype=np.int32), seqs.loss_mask_nt,
                                         None, None, values)
     adv, returns = np.asarray(adv), np.asarray(returns)
     for i in range(n):
@@ -99,9 +100,9 @@ def test_gae_over_rows_with_masked_prompt_columns_equals_gae_over_responses(gamm
 def test_resume_with_a_critic_is_exact_and_warmup_trains_only_the_critic(tmp_path):
     overrides = {"checkpoint.every": 1, "checkpoint.keep": 4, "critic.critic_warmup_steps": 1,
                  "critic.head_init_std": 0.5}
-    full = loop.train(_config(**{"train.steps": 4, **overrides}), tmp_path / "full")
-    first = loop.train(_config(**{"train.steps": 2, **overrides}), tmp_path / "split")
-    resumed = loop.train(_config(**{"train.steps": 4, **overrides}), tmp_path / "split")
+    full = runs.train(_config(**{"train.steps": 4, **overrides}), tmp_path / "full")
+    first = runs.train(_config(**{"train.steps": 2, **overrides}), tmp_path / "split")
+    resumed = runs.train(_config(**{"train.steps": 4, **overrides}), tmp_path / "split")
     assert len(full.history) == 4 and len(first.history) == 2 and len(resumed.history) == 2
     records = _train_records(tmp_path / "full")
     assert [r["step"] for r in records] == [1, 2, 3, 4]
@@ -122,7 +123,7 @@ def test_resume_with_a_critic_is_exact_and_warmup_trains_only_the_critic(tmp_pat
 
 
 def test_non_finite_critic_loss_stops_before_saving(tmp_path, monkeypatch):
-    original, calls = loop._batch_for_estimator, []
+    original, calls = learner.prepare, []
 
     def poisoned(*args, **kwargs):
         batch = original(*args, **kwargs)
@@ -131,7 +132,7 @@ def test_non_finite_critic_loss_stops_before_saving(tmp_path, monkeypatch):
             batch.returns = batch.returns * np.nan
         return batch
 
-    monkeypatch.setattr(loop, "_batch_for_estimator", poisoned)
-    with pytest.raises(loop.TrainingDiverged, match="non-finite loss at step 2 in the critic update"):
-        loop.train(_config(**{"train.steps": 4, "checkpoint.every": 1}), tmp_path)
+    monkeypatch.setattr(learner, "prepare", poisoned)
+    with pytest.raises(learner.TrainingDiverged, match="non-finite loss at step 2 in the critic update"):
+        runs.train(_config(**{"train.steps": 4, "checkpoint.every": 1}), tmp_path)
     assert Checkpointer(tmp_path).all_steps() == [1]

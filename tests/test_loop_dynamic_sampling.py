@@ -4,8 +4,9 @@
 import numpy as np
 
 from jaxalign.config import apply_overrides, from_config_dict, load_config_file
-from jaxalign.train import loop
-from jaxalign.train.toy_task import ToyTokenMethod
+from jaxalign import runs
+from jaxalign.methods.toy.token import ToyTokenMethod
+from jaxalign.train import episodes
 
 PROMPTS, SAMPLES = 8, 4
 
@@ -32,15 +33,15 @@ def _half_flat_rewards(self, features, examples):
 def _run(tmp_path, monkeypatch, **overrides):
     monkeypatch.setattr(ToyTokenMethod, "rewards", _half_flat_rewards)
     kept = []
-    original = loop.collect_rollouts
+    original = episodes.single_turn_episode
 
     def recording(*args, **kwargs):
         out = original(*args, **kwargs)
-        kept.append([_prompt_index(e) for e in out[1]])
+        kept.append([_prompt_index(e) for e in out["policy"].examples])
         return out
 
-    monkeypatch.setattr(loop, "collect_rollouts", recording)
-    result = loop.train(_config(**overrides), tmp_path)
+    monkeypatch.setattr(episodes, "single_turn_episode", recording)
+    result = runs.train(_config(**overrides), tmp_path)
     return result.history, kept
 
 

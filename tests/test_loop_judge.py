@@ -1,4 +1,4 @@
-"""Model-based verification in the loop: RLEV's `judge_features` hook through `loop.score` with a scripted
+"""Model-based verification in the loop: RLEV's `judge_features` hook through `episodes.score` with a scripted
 judge (verdicts, an unparsable reply counted as a failed sample), the rule_or_model routing, config errors,
 a judge built from a real tiny model directory on the policy's mesh, and a short training run that judges
 every sample with that model."""
@@ -13,8 +13,14 @@ from jaxalign.methods.rlev import RLEVConfig, RLEVMethod
 from jaxalign.rewards.judges import EquivalenceJudge, rule_features
 from jaxalign.rewards.pool import RewardPool
 from jaxalign.rewards.verifiers import correctness_features
-from jaxalign.train import loop
+from jaxalign import runs
+from jaxalign.train import episodes
 from jaxalign.train.metrics import PhaseTimer
+
+
+def _score(*args):
+    scored = episodes.score(*args)
+    return scored.features, scored.rewards_n, scored.components, scored.ok_n, scored.judge_failed_n
 
 
 class ScriptedJudgeSampler:
@@ -53,7 +59,7 @@ def test_model_verifier_through_the_loop_score_counts_an_unparsable_verdict_as_f
     examples = _examples(["42", "42", "42", "7"], values=[0.02, 0.05, 0.3, 0.01])
     timer = PhaseTimer()
     with RewardPool(0, 10.0) as pool:
-        features, rewards_n, components, ok_n, judge_failed_n = loop.score(method, pool, texts, examples, timer)
+        features, rewards_n, components, ok_n, judge_failed_n = _score(method, pool, texts, examples, timer)
     assert sampler.seen == ["Answer: 42", "Answer: 41", "It is forty-two", "Answer: 7"]  # every sample judged
     np.testing.assert_array_equal(features["correct"], [1.0, 0.0, 1.0, np.nan])
     # The rule verifier found no answer in sample 2; the judge's YES decides it.
@@ -81,7 +87,7 @@ def test_rule_or_model_sends_only_undecided_samples_to_the_judge():
     assert method.feature_fn is rule_features and method.uses_judge
     examples = _examples(["42", "42", "42", "Paris", "Paris", "C"])
     with RewardPool(0, 10.0) as pool:
-        features, _, components, ok_n, judge_failed_n = loop.score(method, pool, texts, examples)
+        features, _, components, ok_n, judge_failed_n = _score(method, pool, texts, examples)
     assert sampler.seen == ["The result is forty-two", "Answer: the capital of France"]
     np.testing.assert_array_equal(features["rule_decided"], [1, 1, 0, 0, 1, 1])
     np.testing.assert_array_equal(features["judged"], [0, 0, 1, 1, 0, 0])
@@ -96,7 +102,7 @@ def test_rule_verifier_never_calls_the_hook_and_a_missing_judge_is_a_clear_error
     features = {"correct": np.array([1.0])}
     assert rule.judge_features(["x"], _examples(["1"]), features) is features
     unattached = RLEVMethod(dict(verifier="model", judge_model="judge-dir", num_train=8, num_eval=4))
-    with pytest.raises(RuntimeError, match="attach_sampler"):
+    with pytest.raises(RuntimeError, match=r"setup\(agents\)"):
         unattached.judge_features(["Answer: 1"], _examples(["1"]), features)
 
 
@@ -180,7 +186,7 @@ def test_judge_loaded_from_a_model_directory_runs_on_the_policy_mesh_with_its_ow
     for judge_dir, verdict in (("yes_judge", 1.0), ("no_judge", 0.0)):
         method = RLEVMethod(dict(verifier="model", judge_model=model_dirs[judge_dir], judge_dtype="float32",
                                  judge_max_prompt_len=200, judge_max_new_tokens=4, num_train=8, num_eval=4))
-        method.attach_sampler(policy_sampler)
+        method.use_sampler(policy_sampler)
         judge_sampler = method.judge.sampler
         assert isinstance(judge_sampler, Sampler) and judge_sampler is not policy_sampler
         assert judge_sampler.mesh is mesh and judge_sampler.max_prompt_len == 200
@@ -212,7 +218,7 @@ def test_training_run_judges_every_sample_with_a_judge_model(model_dirs, tmp_pat
         cd.rlev = ml_collections.ConfigDict(dict(
             verifier="model", judge_model=model_dirs["yes_judge"], judge_dtype="float32", judge_max_new_tokens=2,
             judge_max_prompt_len=256, num_train=16, num_eval=4, reward="human"))
-    result = loop.train(from_config_dict(cd), tmp_path)
+    result = runs.train(from_config_dict(cd), tmp_path)
     (record,) = result.history
     assert record["rollout/judge_failed"] == 0 and record["rollout/failed"] == 0
     assert record["reward/judged"] == 1.0 and record["reward/correct"] == 1.0  # the judge says YES to all

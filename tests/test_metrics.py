@@ -9,8 +9,8 @@ import pytest
 
 from jaxalign.config import apply_overrides, from_config_dict, load_config_file
 from jaxalign.train import metrics as metrics_lib
-from jaxalign.train.loop import train
-from jaxalign.train.toy_task import token_features
+from jaxalign.runs import train
+from jaxalign.methods.toy.token import token_features
 
 STEPS, EVAL_EVERY, SAMPLES_PER_LOG = 4, 2, 3
 

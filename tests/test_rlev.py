@@ -1,6 +1,7 @@
 """RLEV: reward formula and ablations, value sources, GRPO cancellation, metrics, config, data plumbing."""
 
 import json
+from types import SimpleNamespace
 
 import ml_collections
 import numpy as np
@@ -114,7 +115,7 @@ class ScriptedSampler:
 def test_predicted_value_source_with_a_stub_predictor():
     sampler = ScriptedSampler(["12", "Score: 3.5 points", "no idea", "-4", "1000"])
     rlev = method(value_source="predicted", num_train=10)
-    rlev.attach_sampler(sampler, sampling_params="sp", key="k")
+    rlev.setup({"policy": SimpleNamespace(sampler=sampler, tokenizer=None, name="policy")})
     train, _ = rlev.load_data()
     totals = np.array([e["total"] for e in train[:5]])
     parsed = [12 / totals[0], 3.5 / totals[1], None, 1e-3, 1.0]  # -4 -> 0.001 * total; 1000 -> total
@@ -128,8 +129,12 @@ def test_predicted_value_source_with_a_stub_predictor():
     system, user = sampler.prompts[0]
     assert user == {"role": "user", "content": train[0]["prompt"]}
     assert f"{totals[0]:g} points" in system["content"]
-    with pytest.raises(ValueError, match="attach_sampler"):
+    with pytest.raises(ValueError, match="setup"):
         method(value_source="predicted").load_data()
+    direct = method(value_source="predicted", num_train=10)
+    direct.use_sampler(ScriptedSampler(["12"]), sampling_params="sp", key="k")
+    assert direct.score_predictor.sampling_params == "sp"
+    assert [e["reward_value"] for e in direct.load_data()[0]][:1] == pytest.approx([12 / totals[0]])
 
 
 def test_parse_predicted_score():
@@ -245,6 +250,8 @@ def test_local_rlev_file_is_split_and_weak_source_needs_difficulty(tmp_path):
     assert (len(train), len(held_out)) == (15, 5)
     assert not {e["prompt"] for e in train} & {e["prompt"] for e in held_out}
     assert rlev.data_report["rows"]["file"]["num_skipped"] == 1
+    with pytest.raises(AttributeError):
+        rlev.data_report = {}  # a read-only view of what loading found
     assert all(e["value"] == pytest.approx(e["score"] / 40) for e in train)
     with pytest.raises(ValueError, match="row 20"):
         RLEVMethod(dict(dataset=str(path), num_train=0, num_eval=5)).load_data()

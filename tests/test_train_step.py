@@ -9,11 +9,12 @@ import optax
 import pytest
 from flax import nnx
 
-from jaxalign.algorithms.batch import place_response, sequence_batch, split_micro_batches
+from jaxalign.train.batching import place_response, sequence_batch, split_micro_batches
 from jaxalign.algorithms.losses import AGGREGATIONS, LossConfig, loss_weights
 from jaxalign.models import Transformer, causal_attention_mask, get_preset, positions_from_mask
 from jaxalign.sharding import make_mesh, param_shardings
-from jaxalign.train.state import OptimConfig, init_train_state, make_optimizer, state_shardings
+from jaxalign.algorithms.optim import OptimConfig, make_optimizer
+from jaxalign.train.state import init_train_state, state_shardings
 from jaxalign.train.step import make_logprob_fn, make_train_step, train_flops_per_token
 
 N, P, R = 8, 4, 6

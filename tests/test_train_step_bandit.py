@@ -12,10 +12,11 @@ import pytest
 from flax import nnx
 
 from jaxalign.algorithms.advantages import ESTIMATORS, AdvantageConfig, compute_advantages, group_ids
-from jaxalign.algorithms.batch import place_response, sequence_batch, split_micro_batches
+from jaxalign.train.batching import place_response, sequence_batch, split_micro_batches
 from jaxalign.algorithms.losses import LossConfig, loss_weights
 from jaxalign.models import Transformer, causal_attention_mask, get_preset, positions_from_mask
-from jaxalign.train.state import OptimConfig, init_train_state, make_optimizer
+from jaxalign.algorithms.optim import OptimConfig, make_optimizer
+from jaxalign.train.state import init_train_state
 from jaxalign.train.step import make_logprob_fn, make_train_step
 
 VOCAB, PROMPTS, GROUP, PROMPT_LEN, STEPS = 16, 4, 8, 3, 12

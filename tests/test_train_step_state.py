@@ -6,8 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxalign.algorithms.batch import place_response, response_columns, sequence_batch, split_micro_batches
-from jaxalign.train.state import OptimConfig, init_train_state, make_optimizer, make_schedule
+from jaxalign.train.batching import place_response, response_columns, sequence_batch, split_micro_batches
+from jaxalign.algorithms.optim import OptimConfig, make_optimizer, make_schedule
+from jaxalign.train.state import init_train_state
 
 
 def test_schedule_matches_formula():

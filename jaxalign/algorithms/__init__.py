@@ -1,5 +1,4 @@
-"""RL maths shared by every method: advantage estimators, policy losses, KL estimators, chunked log-probs,
-and the rollout-to-training-batch layout."""
+"""RL maths shared by every method: advantage estimators, policy losses, KL estimators, chunked log-probs."""
 
 from jaxalign.algorithms.advantages import (
     ESTIMATORS,
@@ -8,7 +7,6 @@ from jaxalign.algorithms.advantages import (
     equal_reward_groups,
     group_ids,
 )
-from jaxalign.algorithms.batch import place_response, response_columns, sequence_batch, split_micro_batches
 from jaxalign.algorithms.kl import KL_ESTIMATORS, kl_divergence
 from jaxalign.algorithms.logprobs import logprobs_from_hidden, sequence_logprobs
 from jaxalign.algorithms.losses import (
@@ -35,11 +33,7 @@ __all__ = [
     "kl_divergence",
     "logprobs_from_hidden",
     "loss_weights",
-    "place_response",
     "policy_objective",
-    "response_columns",
-    "sequence_batch",
     "sequence_logprobs",
-    "split_micro_batches",
     "value_loss",
 ]

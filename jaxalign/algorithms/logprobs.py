@@ -93,18 +93,15 @@ def sequence_logprobs(
 ) -> tuple[jax.Array, jax.Array]:
     """`(logp_bt, entropy_bt)` of `tokens_bt` under a model, computed chunk by chunk (see module doc).
 
-    `model_or_apply` is either a `Transformer` (called with positions from `positions_from_mask(valid_bt)`
-    unless given, a causal mask over valid tokens, and `unembed_matrix()`), or any function
+    `model_or_apply` is either a model with `hidden_states(tokens_bt, valid_bt, positions_bt)` and
+    `unembed_matrix()` (the `Transformer`: positions count valid tokens unless given, attention is causal
+    over valid tokens), or any function
     `apply(tokens_bt, valid_bt) -> hidden_btd` together with `w_dv`.
     """
     if w_dv is not None:
         hidden_btd = model_or_apply(tokens_bt, valid_bt)
     else:
-        from jaxalign.models.transformer import causal_attention_mask, positions_from_mask
-
-        if positions_bt is None:
-            positions_bt = positions_from_mask(valid_bt)
-        hidden_btd, _ = model_or_apply(tokens_bt, positions_bt, causal_attention_mask(valid_bt))
+        hidden_btd = model_or_apply.hidden_states(tokens_bt, valid_bt, positions_bt)
         w_dv = model_or_apply.unembed_matrix()
     return logprobs_from_hidden(
         hidden_btd, w_dv, tokens_bt, valid_bt, temperature=temperature, chunk_size=chunk_size

@@ -101,7 +101,7 @@ class LossConfig:
 # Aggregation weights (host side).
 
 
-def loss_weights(mask_nt, mode: str, constant: float | None = None) -> np.ndarray:
+def loss_weights(mask_nt, mode: str, constant: float | None = None) -> jax.Array:
     """Per-token weights float32 [n, t] over a whole mini-batch such that sum(weights * loss) aggregates.
 
     With L_i the number of loss tokens of row i, S the number of rows with L_i > 0 and N all rows:
@@ -112,18 +112,19 @@ def loss_weights(mask_nt, mode: str, constant: float | None = None) -> np.ndarra
     * "constant":            w = mask / (constant * N)           (Dr.GRPO; constant defaults to t, the width)
 
     Rows without loss tokens get weight 0 and are not counted in S. An all-empty mini-batch gives all zeros.
+    Jittable (the learner computes it on device, per mini-batch); `mode` and `constant` are static.
     """
-    mask_nt = np.asarray(mask_nt, np.float64)
+    mask_nt = jnp.asarray(mask_nt, jnp.float32)
     if mask_nt.ndim != 2:
         raise ValueError(f"mask_nt must be [n, t], got shape {mask_nt.shape}")
     lengths_n = mask_nt.sum(axis=1)
-    num_seqs = float(np.count_nonzero(lengths_n))
+    num_seqs = jnp.count_nonzero(lengths_n).astype(jnp.float32)
     if mode == "token_mean":
-        weights = mask_nt / max(lengths_n.sum(), 1.0)
+        weights = mask_nt / jnp.maximum(lengths_n.sum(), 1.0)
     elif mode == "seq_mean_token_mean":
-        weights = mask_nt / (np.maximum(lengths_n, 1.0)[:, None] * max(num_seqs, 1.0))
+        weights = mask_nt / (jnp.maximum(lengths_n, 1.0)[:, None] * jnp.maximum(num_seqs, 1.0))
     elif mode == "seq_mean_token_sum":
-        weights = mask_nt / max(num_seqs, 1.0)
+        weights = mask_nt / jnp.maximum(num_seqs, 1.0)
     elif mode == "constant":
         constant = float(mask_nt.shape[1]) if constant is None else float(constant)
         if constant <= 0:
@@ -131,7 +132,7 @@ def loss_weights(mask_nt, mode: str, constant: float | None = None) -> np.ndarra
         weights = mask_nt / (constant * max(mask_nt.shape[0], 1))
     else:
         raise ValueError(f"unknown aggregation {mode!r}; choose from {AGGREGATIONS}")
-    return weights.astype(np.float32)
+    return weights
 
 
 # ---------------------------------------------------------------------------------------------------------

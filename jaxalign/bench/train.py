@@ -4,8 +4,8 @@ Runs the real `make_train_step` (chunked log-probs, PPO-clip objective, micro-ba
 state) on random weights and a random batch, and prints one JSON line. MFU is
 `train_flops_per_token(cfg, seq_len) * tokens/s / (peak FLOP/s per device * devices)`.
 
-Default peak FLOP/s per device (dense bfloat16, vendor figures), matched against the device kind and
-overridable with `peak_tflops`: H100/H200 989, A100 312, L4 121, TPU v6e 918, v5p 459, v5e 197, v4 275.
+Peak FLOP/s per device: `jaxalign.train.metrics.PEAK_FLOPS` (dense bfloat16, vendor figures), matched against the device kind and
+overridable with `peak_tflops`.
 A CPU has no default, so MFU is reported as null there unless a peak is given.
 """
 
@@ -21,34 +21,15 @@ import numpy as np
 from flax import nnx
 
 from jaxalign import sharding as sharding_lib
-from jaxalign.algorithms.batch import split_micro_batches
+from jaxalign.train.batching import split_micro_batches
 from jaxalign.algorithms.losses import LossConfig, loss_weights
 from jaxalign.models.config import get_preset
-from jaxalign.train.state import OptimConfig, init_train_state, make_optimizer
+from jaxalign.algorithms.optim import OptimConfig, make_optimizer
+from jaxalign.train.state import init_train_state
+from jaxalign.train.metrics import peak_flops_per_device
 from jaxalign.train.step import make_train_step, train_flops_per_token
 
-# Dense bf16 peak FLOP/s per device, matched against a lower-cased "platform device_kind" (first wins).
-DEFAULT_PEAK_FLOPS = (
-    ("h200", 989e12),
-    ("h100", 989e12),
-    ("a100", 312e12),
-    ("l4", 121e12),
-    ("v6", 918e12),
-    ("v5p", 459e12),
-    ("v5", 197e12),
-    ("v4", 275e12),
-)
-
 TINY = dict(preset="tiny", batch=8, seq_len=64, dtype="float32", steps=3, micro_batches=2)
-
-
-def default_peak_flops(device) -> float | None:
-    """Peak dense bf16 FLOP/s of one device from `DEFAULT_PEAK_FLOPS`, or None when unknown (e.g. CPU)."""
-    kind = f"{device.platform} {device.device_kind}".lower()
-    for name, peak in DEFAULT_PEAK_FLOPS:
-        if name in kind:
-            return peak
-    return None
 
 
 def _random_batch(rng: np.random.Generator, batch: int, seq_len: int, vocab: int, prompt_len: int):
@@ -98,9 +79,8 @@ def run_train_bench(
     loss_cfg = LossConfig(aggregation="token_mean", logprob_chunk_size=logprob_chunk_size)
     train_step = make_train_step(graphdef, optimizer, loss_cfg, mesh=mesh)
     host_batch = _random_batch(np.random.default_rng(seed), batch, seq_len, cfg.vocab_size, seq_len // 2)
-    rows = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, sharding_lib.BATCH_AXES))
     micro = split_micro_batches(host_batch, micro_batches)
-    device_batch = {key: jax.device_put(value, rows) for key, value in micro.items()}
+    device_batch = {key: sharding_lib.put_batch(value, mesh, batch_axis=1) for key, value in micro.items()}
 
     start = time.perf_counter()
     state, metrics = train_step(state, device_batch)
@@ -115,7 +95,7 @@ def run_train_bench(
     devices = mesh.devices.size
     tokens_per_s = steps * batch * seq_len / elapsed
     flops_per_token = train_flops_per_token(cfg, seq_len)
-    peak = peak_tflops * 1e12 if peak_tflops else default_peak_flops(jax.devices()[0])
+    peak = peak_tflops * 1e12 if peak_tflops else peak_flops_per_device(jax.devices()[0].device_kind)
     mfu = None if peak is None else flops_per_token * tokens_per_s / (peak * devices)
     return {
         "bench": "train",

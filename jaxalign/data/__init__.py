@@ -1,6 +1,6 @@
-"""Datasets: loaders (Hugging Face datasets, TFDS), schema parsers and the embedded offline exam set."""
+"""Datasets: generic loaders (Hugging Face datasets, TFDS, local files) and schema parsers. Each method's
+embedded offline set lives with the method (`jaxalign/methods/<name>/`)."""
 
-from jaxalign.data.exam import LEVELS, make_exam_set
 from jaxalign.data.loaders import load_rows, load_tfds_rows
 from jaxalign.data.schemas import (
     DIFFICULTY_POINTS,
@@ -16,14 +16,12 @@ from jaxalign.data.schemas import (
 
 __all__ = [
     "DIFFICULTY_POINTS",
-    "LEVELS",
     "SCHEMAS",
     "InvalidRowError",
     "ParseReport",
     "detect_schema",
     "load_rows",
     "load_tfds_rows",
-    "make_exam_set",
     "normalise_difficulty",
     "parse_rows",
     "prompt_from_query",

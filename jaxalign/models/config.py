@@ -1,8 +1,12 @@
-"""Model configuration: one frozen dataclass for the Llama / Qwen2 / Qwen3 decoder family.
+"""Model configuration: one frozen dataclass for the Llama / Mistral / Qwen2 / Qwen3 decoder family.
 
 `ModelConfig.from_hf` reads a HuggingFace ``config.json`` dictionary (both the transformers 4 layout with
 ``rope_theta``/``rope_scaling`` at top level and the transformers 5 layout with ``rope_parameters``), and
 `ModelConfig.to_hf` writes one that ``transformers.AutoConfig`` understands.
+
+Mistral is the Llama layout (no biases, no q/k norm) under another name; it is kept as its own arch only so
+that export writes a Mistral config back. Its sliding-window attention is not implemented: a Mistral
+config whose `sliding_window` is shorter than `max_position_embeddings` is refused.
 """
 
 from __future__ import annotations
@@ -12,12 +16,13 @@ from typing import Any
 
 import numpy as np
 
-ARCHITECTURES = ("llama", "qwen2", "qwen3")
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3")
 SUPPORTED_DTYPES = ("float32", "bfloat16", "float16")
 
 # HF architecture class name -> our arch name, and the reverse for export.
 HF_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
 }
@@ -118,8 +123,9 @@ class ModelConfig:
     def from_hf(cls, config: dict[str, Any], **overrides) -> "ModelConfig":
         """Builds a config from a HuggingFace config.json dictionary.
 
-        Supports LlamaForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM; `overrides` replace fields
-        (e.g. `param_dtype`, `remat`).
+        Supports LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM and Qwen3ForCausalLM;
+        `overrides` replace fields (e.g. `param_dtype`, `remat`). A Mistral config with a `sliding_window`
+        shorter than `max_position_embeddings` raises (full causal attention would differ from it).
         """
         architectures = config.get("architectures") or []
         known = [name for name in architectures if name in HF_ARCHITECTURES]
@@ -135,6 +141,8 @@ class ModelConfig:
             raise ValueError("mlp_bias=True is not supported")
         if config.get("use_sliding_window", False):
             raise ValueError("use_sliding_window=True is not supported")
+        if arch == "mistral":
+            _check_mistral(config)
 
         rope_params = dict(config.get("rope_parameters") or {})
         legacy_scaling = config.get("rope_scaling")
@@ -180,6 +188,8 @@ class ModelConfig:
         """Returns a HuggingFace config.json dictionary for this configuration."""
         if self.arch == "qwen2" and not self.qkv_bias:
             raise ValueError("Qwen2 in transformers always has qkv bias; cannot export qkv_bias=False")
+        if self.arch == "mistral" and self.qkv_bias:
+            raise ValueError("Mistral in transformers has no qkv bias; cannot export qkv_bias=True")
         if self.arch != "qwen3" and self.qk_norm:
             raise ValueError(f"arch {self.arch!r} has no q/k norm in transformers; cannot export qk_norm")
         if self.arch == "qwen3" and not self.qk_norm:
@@ -214,7 +224,23 @@ class ModelConfig:
             config["mlp_bias"] = False
         if self.arch in ("qwen2", "qwen3"):
             config["use_sliding_window"] = False
+        if self.arch == "mistral":
+            config["sliding_window"] = None  # full causal attention, as computed here
         return config
+
+
+def _check_mistral(config: dict[str, Any]) -> None:
+    """Refuses Mistral configs that need what `Transformer` lacks (sliding-window attention, biases)."""
+    window = config.get("sliding_window")
+    max_positions = int(config.get("max_position_embeddings", 4096))
+    if window is not None and int(window) < max_positions:
+        raise ValueError(
+            f"unsupported Mistral config: sliding_window={window} is shorter than max_position_embeddings="
+            f"{max_positions}, and jaxalign's attention has no sliding window (it attends to every earlier "
+            "token, which differs from the checkpoint's attention beyond the window); only configs with "
+            "sliding_window null (or >= max_position_embeddings) are supported")
+    if config.get("attention_bias", False):
+        raise ValueError("unsupported Mistral config: attention_bias=True (Mistral has no qkv bias)")
 
 
 def _preset(**fields) -> ModelConfig:

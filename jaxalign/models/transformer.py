@@ -263,6 +263,15 @@ class Transformer(nnx.Module):
         new_cache = None if cache is None else KVCache(k_lbske, v_lbske)
         return hidden_btd, new_cache
 
+    def hidden_states(self, tokens_bt: jax.Array, valid_bt: jax.Array, positions_bt: jax.Array | None = None
+                      ) -> jax.Array:
+        """Final hidden states [b, t, d] of (padded) sequences: positions count valid tokens unless given,
+        attention is causal over valid tokens, no cache."""
+        if positions_bt is None:
+            positions_bt = positions_from_mask(valid_bt)
+        hidden_btd, _ = self(tokens_bt, positions_bt, causal_attention_mask(valid_bt))
+        return hidden_btd
+
     def unembed_matrix(self) -> jax.Array:
         """w_dv in parameter dtype: the transposed embedding when tied, else the lm_head."""
         if self.cfg.tie_embeddings:

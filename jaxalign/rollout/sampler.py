@@ -290,9 +290,7 @@ class Sampler:
         return KVCache(spec, spec)
 
     def _put_batch(self, array_np: np.ndarray) -> jax.Array:
-        if self.mesh is None:
-            return jnp.asarray(array_np)
-        return jax.device_put(array_np, sharding_lib.batch_sharding(self.mesh, array_np.ndim))
+        return sharding_lib.put_batch(array_np, self.mesh)
 
     def _stop_ids(self, sp: SamplingParams) -> np.ndarray:
         ids = list(sp.stop_token_ids)

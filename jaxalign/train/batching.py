@@ -1,6 +1,12 @@
 """Host-side (NumPy) batch assembly for the training loop: the data order, prompt encoding with the
-overlong policy, training sequences from rollouts, dynamic-sampling group filtering, and the split into
+overlong policy, the training sequence layout, dynamic-sampling group filtering, and the split into
 mini-batches and micro-batches.
+
+The sequence layout: a training sequence is `concat(context ids (left-padded, width P), response ids
+(right-padded, width R))`, so response token j sits at column P + j and every per-response-token array
+([n, R]: advantages, sampler log-probs, ...) moves to columns [P, P + R) of an [n, P + R] array
+(`place_response`). The model's log-prob at column c is log p(tokens[c] | tokens[<c]), which is exactly
+the sampler's log-prob of response token c - P, so sampler and trainer log-probs line up column by column.
 
 Everything here is a pure function of its inputs, so a resumed run sees exactly the data of an
 uninterrupted one: the order of epoch `e` is a permutation drawn from `(seed, e)`, and the data position is
@@ -203,3 +209,47 @@ def to_micro_batches(array_n: np.ndarray, micro_batches: int) -> np.ndarray:
 def positions_np(valid_nt: np.ndarray) -> np.ndarray:
     """Position ids counting valid tokens only (the model's `positions_from_mask`, on the host)."""
     return np.maximum(np.cumsum(valid_nt.astype(np.int32), axis=-1) - 1, 0).astype(np.int32)
+
+
+def sequence_batch(prompt_ids_np, prompt_mask_np, response_ids_np, response_mask_np) -> dict[str, np.ndarray]:
+    """`tokens` int32 [n, P + R], `valid` bool, `positions` int32 (valid tokens counted from 0, as
+    `positions_from_mask`) and `loss_mask` float32 (the response mask at the response columns)."""
+    prompt_ids_np, response_ids_np = np.asarray(prompt_ids_np), np.asarray(response_ids_np)
+    prompt_mask_np = np.asarray(prompt_mask_np).astype(bool)
+    response_mask_np = np.asarray(response_mask_np).astype(bool)
+    if prompt_ids_np.shape != prompt_mask_np.shape or response_ids_np.shape != response_mask_np.shape:
+        raise ValueError(
+            f"ids and masks must match: prompt {prompt_ids_np.shape} vs {prompt_mask_np.shape}, response "
+            f"{response_ids_np.shape} vs {response_mask_np.shape}"
+        )
+    if prompt_ids_np.ndim != 2 or response_ids_np.ndim != 2 or len(prompt_ids_np) != len(response_ids_np):
+        raise ValueError(f"expected [n, P] prompts and [n, R] responses, got {prompt_ids_np.shape}, "
+                         f"{response_ids_np.shape}")
+    tokens = np.concatenate([prompt_ids_np, response_ids_np], axis=1).astype(np.int32)
+    valid = np.concatenate([prompt_mask_np, response_mask_np], axis=1)
+    positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0).astype(np.int32)
+    loss_mask = place_response(response_mask_np.astype(np.float32), prompt_ids_np.shape[1])
+    return {"tokens": tokens, "valid": valid, "positions": positions, "loss_mask": loss_mask}
+
+
+def place_response(x_nr: np.ndarray, prompt_width: int) -> np.ndarray:
+    """An [n, R] per-response-token array placed at columns [P, P + R) of zeros [n, P + R]."""
+    x_nr = np.asarray(x_nr)
+    return np.concatenate([np.zeros((x_nr.shape[0], prompt_width), x_nr.dtype), x_nr], axis=1)
+
+
+def response_columns(x_nt: np.ndarray, prompt_width: int) -> np.ndarray:
+    """The inverse of `place_response`: columns [P, t) of an [n, t] array."""
+    return np.asarray(x_nt)[:, prompt_width:]
+
+
+def split_micro_batches(batch: Mapping[str, np.ndarray], num_micro_batches: int) -> dict[str, np.ndarray]:
+    """Reshapes every [n, ...] array to [m, n / m, ...] (consecutive rows form a micro-batch)."""
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        if value.shape[0] % num_micro_batches:
+            raise ValueError(f"batch[{key!r}] has {value.shape[0]} rows, not divisible into "
+                             f"{num_micro_batches} micro-batches")
+        out[key] = value.reshape(num_micro_batches, value.shape[0] // num_micro_batches, *value.shape[1:])
+    return out

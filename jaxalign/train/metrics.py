@@ -16,11 +16,14 @@ from typing import Any, Iterable, Mapping
 
 from jaxalign.train.checkpoint import is_local, workdir_path
 
-# bf16 dense peak FLOP/s per device, for MFU. Unknown devices (e.g. CPU) report no MFU.
+# bf16 dense peak FLOP/s per device (vendor figures), for MFU in the loop and the benchmarks; matched in
+# order against the device kind. Unknown devices (e.g. CPU) report no MFU.
 PEAK_FLOPS = {
     "H100": 989e12,
     "H200": 989e12,
     "A100": 312e12,
+    "L40S": 362e12,
+    "L4": 121e12,
     "TPU v4": 275e12,
     "TPU v5 lite": 197e12,
     "TPU v5e": 197e12,
@@ -181,9 +184,10 @@ class Progress:
         if self._bar is None:
             return
         shown = {}
-        for key, label in (("reward/mean", "reward"), ("loss/kl", "kl"), ("perf/tokens_per_s", "tok/s")):
-            if key in metrics and _is_number(metrics[key]):
-                shown[label] = f"{metrics[key]:.3g}"
+        for key, value in metrics.items():  # `<agent>/reward/mean` per agent when there are several
+            for suffix, label in (("reward/mean", "reward"), ("loss/kl", "kl"), ("perf/tokens_per_s", "tok/s")):
+                if (key == suffix or key.endswith("/" + suffix)) and _is_number(value):
+                    shown[key[: -len(suffix)] + label] = f"{value:.3g}"
         self._bar.set_postfix(shown)
         self._bar.update(1)
 
@@ -220,8 +224,10 @@ def write_report(workdir: str | os.PathLike, title: str = ""):
     evals = [r for r in records if r["kind"] == "eval"]
     if not train:
         return None
-    curves = [k for k in REPORT_CURVES if any(_is_number(r.get(k)) for r in train)
-              and not (k in HIDDEN_WHEN_ZERO and all(not r.get(k) for r in train))]
+    keys = sorted({k for r in train for k in r})
+    curves = [k for base in REPORT_CURVES for k in keys  # `<agent>/<metric>` per agent when there are several
+              if (k == base or k.endswith("/" + base)) and any(_is_number(r.get(k)) for r in train)
+              and not (base in HIDDEN_WHEN_ZERO and all(not r.get(k) for r in train))]
     panels = len(curves) + (1 if len(evals) >= 2 else 0)
     cols = min(3, max(panels, 1))
     rows = math.ceil(max(panels, 1) / cols)

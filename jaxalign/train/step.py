@@ -2,7 +2,7 @@
 
 `make_train_step(graphdef, optimizer, loss_cfg, mesh=...)` returns `train_step(state, batch, ref_params=None)
 -> (state, metrics)`. The batch is a dict of arrays with a leading micro-batch axis [m, b, t] (see
-`jaxalign.algorithms.batch`):
+`jaxalign.train.batching`):
 
     tokens int32, valid bool, positions int32     the sequences (prompt + response)
     loss_mask float32                              1 on response tokens trained on

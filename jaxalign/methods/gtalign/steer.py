@@ -2,7 +2,7 @@
 
 1. Generate the four-block reply up to the end of its payoff block (the stop string `</payoff>`, checked
    inside the decode loop).
-2. Parse the matrix and reprice it for a pricing policy (`gtalign_game.steer_payoffs`): under
+2. Parse the matrix and reprice it for a pricing policy (`game.steer_payoffs`): under
    subscription pricing every extra turn costs the provider (`llm_shift` < 0), under per-token API
    pricing it costs the user (`user_shift` < 0).
 3. Splice the edited matrix into the reply and let the model continue from `<analyze>`: it now reasons
@@ -10,19 +10,25 @@
 
 This is a true continuation of the model's own reasoning (the reference's first sketch); its later script
 instead re-asks the bare question with a one-line instruction for the action it picked itself.
+
+`add_steer_command` adds the `jaxalign steer` subcommand (GTAlign's `Method.add_commands`).
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
-from typing import Any, Sequence
+import json
+from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 
-from jaxalign.methods import gtalign_game as game
-from jaxalign.methods.gtalign import game_messages
-from jaxalign.methods.gtalign_prompts import STEERED_ANALYZE
-from jaxalign.rollout import SamplingParams
+from jaxalign.commands import UsageError, add_generation_args, load_text_model, read_prompts, sampling_params
+from jaxalign.methods.gtalign import game
+from jaxalign.methods.gtalign.prompts import STEERED_ANALYZE, game_messages
+
+if TYPE_CHECKING:
+    from jaxalign.rollout import SamplingParams
 
 PAYOFF_END = "</payoff>"
 
@@ -99,3 +105,36 @@ def steer(sampler: Any, questions: Sequence[str], sp: SamplingParams, key: jax.A
             chosen = game.named_key(game.extract_tag(text, "analyze") or text.split("<analyze>", 1)[1])
             replies[i] = dataclasses.replace(replies[i], text=text, chosen=chosen)
     return replies
+
+
+# The `jaxalign steer` command
+
+
+def cmd_steer(args: argparse.Namespace, config_spec: Any = None, overrides: Any = None) -> int:
+    """Steers `--prompt`/`--prompts-file` questions with `--model`; prints one JSON line per reply."""
+    from jaxalign.rollout import Sampler
+
+    questions = read_prompts(args)
+    if not args.llm_shift and not args.user_shift:
+        raise UsageError("set --llm-shift (subscription pricing) or --user-shift (per-token API pricing)")
+    model, tokenizer = load_text_model(args, "steer needs text questions")
+    sp = sampling_params(args)
+    sampler = Sampler(model, tokenizer, max_prompt_len=args.max_prompt_len)
+    replies = steer(sampler, questions, sp, jax.random.key(args.seed), llm_shift=args.llm_shift,
+                    user_shift=args.user_shift, batch_size=args.batch_size, progress=len(questions) > args.batch_size)
+    for reply in replies:
+        print(json.dumps(dataclasses.asdict(reply), ensure_ascii=False))
+    return 0
+
+
+def add_steer_command(subparsers: "argparse._SubParsersAction", parents: Sequence[argparse.ArgumentParser]) -> None:
+    """Adds `steer` to the `jaxalign` subcommands."""
+    p = subparsers.add_parser("steer", parents=list(parents),
+                              help="GTAlign pricing steering: reprice the model's payoff matrix, then let it continue")
+    add_generation_args(p, prompt_help="one question", file_help="", max_new_tokens=512)
+    p.add_argument("--llm-shift", type=float, default=0.0,
+                   help="added to every LLM payoff (subscription pricing: negative, turns cost the provider)")
+    p.add_argument("--user-shift", type=float, default=0.0,
+                   help="added to every user payoff (API pricing: negative, tokens cost the user)")
+    p.add_argument("--max-prompt-len", type=int, default=2048)
+    p.set_defaults(fn=cmd_steer)

@@ -1,4 +1,7 @@
-"""Prompt texts of the GTAlign method, written for jaxalign from the paper's specification of the format."""
+"""Prompt texts of the GTAlign method, written for jaxalign from the paper's specification of the format,
+and `game_messages`, the chat that asks the policy to play the game."""
+
+from __future__ import annotations
 
 SYSTEM_PROMPT = (
     "You are a helpful assistant that works with the user toward the answer they actually need. You take "
@@ -35,3 +38,13 @@ STEERED_ANALYZE = (
     "The payoffs above are the ones that apply now. "
 )
 """Start of the `<analyze>` block when generation resumes after a steered payoff matrix."""
+
+
+def game_messages(question: str, *, first_question: str | None = None, system_prompt: str | None = None
+                  ) -> list[dict[str, str]]:
+    """The chat messages that ask the policy to play the game on `question`."""
+    user = GAME_PREFIX.format(question=question)
+    if first_question:
+        user = EARLIER_QUESTION.format(question=first_question) + user
+    return [{"role": "system", "content": SYSTEM_PROMPT if system_prompt is None else system_prompt},
+            {"role": "user", "content": user}]

@@ -1,0 +1,152 @@
+"""`RLEVMethod`, registered as "rlev": value-weighted correctness rewards (see `jaxalign.methods.rlev`)."""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import jax
+import numpy as np
+
+from jaxalign.methods.base import Example, FeatureFn, Method, register
+from jaxalign.methods.rlev.config import RLEVConfig
+from jaxalign.methods.rlev.data import ScorePredictor, load_splits, training_values
+from jaxalign.methods.rlev.prompts import POLICY_SYSTEM_PROMPT
+from jaxalign.methods.rlev.rewards import judge_mask, rlev_metrics, rlev_rewards, value_scale
+from jaxalign.rewards.judges import EquivalenceJudge, build_model_judge, judge_correctness, rule_features
+from jaxalign.rewards.verifiers import correctness_features
+
+
+@register("rlev")
+class RLEVMethod(Method):
+    """Value-weighted correctness rewards (see `jaxalign.methods.rlev`).
+
+    The loop calls `setup(agents)` with the policy before `load_data`; the method takes the policy's
+    sampler there. With `value_source="predicted"` that sampler predicts the training values (or pass
+    `score_predictor=`); with a model verifier, `judge_model` is loaded on the sampler's mesh with a
+    sampler of its own (or pass `judge=`, any `EquivalenceJudge`). Tests can hand a sampler straight to
+    `use_sampler`.
+    """
+
+    def __init__(self, section: Any, *, score_predictor: ScorePredictor | None = None,
+                 judge: EquivalenceJudge | None = None):
+        super().__init__(section)
+        self.score_predictor = score_predictor
+        self.judge = judge
+        self._judge_calls = 0
+        self._sampler: Any = None
+        self.uniform_scale: float | None = None
+        self._data_report: dict[str, Any] = {}
+
+    def parse_config(self, section: Any) -> RLEVConfig:
+        return RLEVConfig.from_dict(section)
+
+    @property
+    def data_report(self) -> Mapping[str, Any]:
+        return self._data_report
+
+    # -- models ----------------------------------------------------------------------------------------
+    def setup(self, agents: Mapping[str, Any]) -> None:
+        """Takes the (only) agent's sampler: see `use_sampler`."""
+        self.use_sampler(next(iter(agents.values())).sampler)
+
+    def use_sampler(self, sampler: Any, sampling_params: Any = None, key: Any = None) -> None:
+        """Uses `sampler` (the policy's) to predict values (value_source="predicted"; defaults: greedy, 12 new
+        tokens) and, with a model verifier and no judge yet, loads `judge_model` on the sampler's mesh
+        (`sampler.mesh`) with a sampler of its own."""
+        if sampling_params is None:
+            from jaxalign.rollout import SamplingParams
+
+            sampling_params = SamplingParams(max_new_tokens=12, greedy=True, n=1)
+        if key is None:
+            key = jax.random.key(self.config.seed)
+        self._sampler = sampler
+        self.score_predictor = ScorePredictor(sampler, sampling_params, key)
+        if self.config.verifier != "rule":
+            self._load_judge()
+
+    def _load_judge(self) -> None:
+        if self.judge is not None or self._sampler is None:
+            return
+        cfg = self.config
+        self.judge = build_model_judge(
+            cfg.judge_model, mesh=getattr(self._sampler, "mesh", None), max_new_tokens=cfg.judge_max_new_tokens,
+            greedy=cfg.judge_greedy, temperature=cfg.judge_temperature, max_prompt_len=cfg.judge_max_prompt_len,
+            batch_size=cfg.judge_batch_size, dtype=cfg.judge_dtype)
+
+    # -- data ------------------------------------------------------------------------------------------
+    def load_data(self) -> tuple[list[Example], list[Example]]:
+        train, held_out = load_splits(self.config, self._data_report)
+        if not train or not held_out:
+            raise ValueError(f"rlev: empty split (train {len(train)}, eval {len(held_out)} examples)")
+        reward_values = training_values(self.config, train, self.score_predictor, self._data_report)
+        if self.config.reward == "random":
+            reward_values = np.random.default_rng(self.config.seed).permutation(reward_values)
+        train = [dict(example, reward_value=float(v)) for example, v in zip(train, reward_values)]
+        human_scale = value_scale(reward_values, mode="human", alpha=self.config.alpha)
+        self.uniform_scale = float(np.mean(np.asarray(human_scale)))
+        self._data_report.update(
+            num_train=len(train), num_eval=len(held_out), mean_value=float(reward_values.mean()),
+            mean_human_scale=self.uniform_scale,
+        )
+        return train, held_out
+
+    # -- prompts and rewards ---------------------------------------------------------------------------
+    def messages(self, example: Example) -> list[dict[str, str]]:
+        system = self.config.system_prompt if self.config.system_prompt is not None else POLICY_SYSTEM_PROMPT
+        return [{"role": "system", "content": system}, {"role": "user", "content": example["prompt"]}]
+
+    @property
+    def feature_fn(self) -> FeatureFn:
+        return correctness_features if self.config.verifier == "rule" else rule_features
+
+    @property
+    def uses_judge(self) -> bool:
+        return self.config.verifier != "rule"
+
+    def judge_features(
+        self, texts: Sequence[str], examples: Sequence[Example], features: Mapping[str, np.ndarray]
+    ) -> Mapping[str, np.ndarray]:
+        """The judge's verdicts as "correct" (routing: `rewards.judge_mask`); adds "judged". Samples the pool
+        failed on are not judged; failed verdicts make the sample's features NaN."""
+        verifier = self.config.verifier
+        if verifier == "rule":
+            return features
+        self._load_judge()  # a stage may have switched to a model verifier after setup
+        if self.judge is None:
+            raise RuntimeError(f"rlev.verifier={verifier!r} needs its judge: setup(agents) (or "
+                               "use_sampler(policy_sampler)) loads rlev.judge_model; or pass judge= to RLEVMethod")
+        ask_n = judge_mask(verifier, features, len(texts))
+        self._judge_calls += 1
+        key = jax.random.fold_in(jax.random.key(self.config.seed), self._judge_calls)
+        return judge_correctness(self.judge, texts, [e["prompt"] for e in examples],
+                                 [str(e["answer"]) for e in examples], features, ask_n, key)
+
+    def rewards(
+        self, features: Mapping[str, np.ndarray], examples: Sequence[Example]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        correct_n = np.asarray(features.get("correct", np.full(len(examples), np.nan)), np.float32)
+        value_n = np.array([example.get("reward_value", example["value"]) for example in examples], np.float32)
+        if self.config.reward == "uniform" and self.uniform_scale is None:
+            raise RuntimeError("rlev reward 'uniform' needs the training-set mean scale: call load_data first")
+        rewards_n, scale_n = rlev_rewards(correct_n, value_n, self.config.alpha, self.uniform_scale or 1.0,
+                                          mode=self.config.reward)
+        components = {
+            "correct": np.nan_to_num(correct_n, nan=0.0),
+            "value_scale": np.asarray(scale_n),
+            "verifier_failed": np.isnan(correct_n).astype(np.float32),
+        }
+        if "judged" in features:
+            components["judged"] = np.nan_to_num(np.asarray(features["judged"], np.float32), nan=0.0)
+        return np.asarray(rewards_n), components
+
+    def eval_metrics(
+        self, features: Mapping[str, np.ndarray], examples: Sequence[Example], lengths_n: np.ndarray
+    ) -> dict[str, float]:
+        correct_n = np.asarray(features.get("correct", np.full(len(examples), np.nan)), np.float64)
+        metrics = rlev_metrics(correct_n, np.array([example["value"] for example in examples]), lengths_n)
+        metrics["verifier_failed"] = float(np.isnan(correct_n).mean())
+        if "has_answer" in features:
+            metrics["has_answer"] = float(100.0 * np.nan_to_num(features["has_answer"]).mean())
+        if "judged" in features:
+            metrics["judged"] = float(100.0 * np.nan_to_num(features["judged"]).mean())
+        return metrics
