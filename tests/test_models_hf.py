@@ -193,8 +193,8 @@ def test_missing_config_and_weights(tmp_path):
 
 
 def test_unknown_architecture():
-    with pytest.raises(ValueError, match="unsupported model architecture.*MistralForCausalLM"):
-        ModelConfig.from_hf({"architectures": ["MistralForCausalLM"], "vocab_size": 8})
+    with pytest.raises(ValueError, match="unsupported model architecture.*GemmaForCausalLM"):
+        ModelConfig.from_hf({"architectures": ["GemmaForCausalLM"], "vocab_size": 8})
 
 
 def test_unsupported_rope_type():

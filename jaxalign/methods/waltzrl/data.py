@@ -90,7 +90,8 @@ def _parse(rows: Iterable[Any], parse: Callable[[Mapping[str, Any], int], Exampl
         except ValueError as exc:
             message = f"{schema} row {index}: {exc}"
             if not skip_malformed:
-                raise InvalidRowError(f"{message} (fix the row, or pass skip_malformed=True to skip such rows)") from None
+                raise InvalidRowError(
+                    f"{message} (fix the row, or pass skip_malformed=True to skip such rows)") from None
             reasons.append(message)
             continue
         if example is None:
