@@ -11,11 +11,9 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import functools
 import json
 import logging
-import pathlib
 import sys
 from typing import Sequence
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from jaxalign import cli
+from jaxalign.commands import read_prompts
 
 
 def test_split_config_args():
@@ -45,11 +46,11 @@ def test_prompts_file_errors(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text('"plain"\n{"prompt": "dict"}\n\n')
     args = cli.build_parser().parse_args(["sample", "--model", "m", "--prompts-file", str(path)])
-    assert cli._read_prompts(args) == ["plain", "dict"]
+    assert read_prompts(args) == ["plain", "dict"]
     path.write_text('{"text": 1}\n')
     with pytest.raises(cli.UsageError, match=":1: expected"):
-        cli._read_prompts(args)
+        read_prompts(args)
     path.write_text("not json\n")
     with pytest.raises(cli.UsageError, match="not JSON"):
-        cli._read_prompts(args)
+        read_prompts(args)
     json.dumps({})

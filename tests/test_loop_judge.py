@@ -123,8 +123,10 @@ def test_verifier_config_errors(fields, message):
 
 def test_verifier_config_error_at_config_load():
     cd = load_config_file("configs/rlev_smollm2_demo.py")
+    from jaxalign.methods import build_method
+
     with pytest.raises(ConfigError, match="section 'rlev'.*needs rlev.judge_model"):
-        from_config_dict(apply_overrides(cd, {"rlev.verifier": "model"}))
+        build_method(from_config_dict(apply_overrides(cd, {"rlev.verifier": "model"})))
     config = from_config_dict(apply_overrides(cd, {"rlev.verifier": "rule_or_model", "rlev.judge_model": "/j"}))
     assert RLEVConfig.from_dict(config.method_config).judge_model == "/j"
 

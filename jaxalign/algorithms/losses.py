@@ -21,7 +21,6 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxalign.algorithms.kl import KL_ESTIMATORS, kl_divergence
 

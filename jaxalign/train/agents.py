@@ -19,14 +19,12 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxalign import sharding as sharding_lib
 from jaxalign.config import AgentSpec, ConfigError, ExperimentConfig
 
 log = logging.getLogger(__name__)

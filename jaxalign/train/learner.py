@@ -20,7 +20,6 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
 from jaxalign import sharding as sharding_lib
@@ -188,9 +187,9 @@ def check_finite(metrics: dict[str, float], step: int, what: str, agent: str = "
     """Raises `TrainingDiverged` when any loss metric of an update is NaN or Inf."""
     losses = {k: v for k, v in metrics.items() if "loss" in k}
     if not all(math.isfinite(v) for v in losses.values()):
-        who = f"agent {agent!r}, " if agent else ""
+        who = f" of agent {agent!r}" if agent else ""
         raise TrainingDiverged(
-            f"non-finite loss at step {step} in the {who}{what} update ({losses}); stopped before saving, so the "
+            f"non-finite loss at step {step} in the {what} update{who} ({losses}); stopped before saving, so the "
             "last checkpoint is the last good state. Lower the learning rate, enable grad clipping "
             "(optim.grad_clip_norm, critic.optim.grad_clip_norm) or use float32 parameters"
         )

@@ -15,7 +15,7 @@ model starts near `target_below / vocab_size`. Config section `two_agent_toy`: `
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping, Sequence
+from typing import Any, Sequence
 
 import jax
 import numpy as np
