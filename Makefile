@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 WORKDIR ?= runs/rlev_demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-baseline test test-all bench clean
+.PHONY: install demo demo-baseline demo-waltzrl test test-all bench clean
 
 install: $(STAMP)
 
@@ -24,6 +24,9 @@ demo: install
 demo-baseline: install
 	$(BIN)/jaxalign train --config=configs/rlev_smollm2_demo.py --config.rlev.reward=correctness \
 		--workdir=$(WORKDIR)_baseline
+
+demo-waltzrl: install
+	$(BIN)/jaxalign train --config=configs/waltzrl_smollm2_demo.py --workdir=runs/waltzrl_demo
 
 test: install
 	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile -q $(PYTEST_ARGS) tests

@@ -1,5 +1,6 @@
 """Every runnable config in configs/ loads, validates on 8 devices and documents its command."""
 
+import math
 import pathlib
 
 import pytest
@@ -50,3 +51,43 @@ def test_gtalign_paper_config_follows_the_reference_recipe():
     assert (loss.clip_low, loss.clip_high, loss.dual_clip, loss.value_clip, loss.kl_in) == (0.2, 0.2, 3.0, 0.5, "none")
     assert config.rollout.samples_per_prompt == 1 and config.rollout.prompts_per_step == 512
     assert config.rollout.prompts_per_step // config.algorithm.mini_batches == 32
+
+
+@pytest.mark.parametrize("spec,num_devices", [("configs/waltzrl_llama31_8b.py", 8),
+                                              ("configs/waltzrl_llama31_8b.py", 16),
+                                              ("configs/waltzrl_llama31_8b.py:gpu8", 8)])
+def test_waltzrl_paper_config_follows_the_paper(spec, num_devices):
+    from jaxalign.config import apply_overrides
+    from jaxalign.methods import build_method
+    from jaxalign.methods.waltzrl.data import source_spec
+
+    overrides = {"model.spec": "/ckpt/llama", "waltzrl.orbench.eval_source": "/d/ob.csv"}
+    cd = apply_overrides(load_config_file(spec), overrides)
+    config = from_config_dict(cd, num_devices=num_devices)
+    assert config.method == "waltzrl" and list(config.agents) == ["conversation", "feedback"]
+    for agent in config.agents.values():
+        r, advantage, loss = agent.rollout, agent.algorithm.advantage_config(), agent.algorithm.loss_config(1.0)
+        assert agent.model.spec == "/ckpt/llama" and agent.model.dtype == "bfloat16"
+        assert agent.model.param_dtype == "float32"  # master weights: a 5e-7 step is lost in bfloat16
+        assert agent.algorithm.estimator == "reinforce_pp" and loss.aggregation == "seq_mean_token_mean"
+        assert (advantage.kl_coef, advantage.kl_estimator, advantage.whiten) == (0.01, "k1", True)
+        assert (loss.policy_loss, loss.clip_low, loss.clip_high, loss.kl_in) == ("ppo_clip", 0.2, 0.2, "reward")
+        assert (r.prompts_per_step, r.samples_per_prompt, r.max_new_tokens, r.max_prompt_len) == (32, 1, 512, 4096)
+        assert agent.optim.optim_config().learning_rate == 5e-7 and agent.algorithm.mini_batches == 1
+    assert config.mesh.resolved(num_devices) == (1, num_devices, 1)
+    stage1, stage2 = config.stages
+    assert (stage1.train, stage2.train) == (("feedback",), ("conversation", "feedback"))
+    assert stage1.steps * 2 == config.train.steps and stage2.steps == -1
+    assert (stage1.overrides["lam"], stage2.overrides["lam"]) == (0.25, 0.0)
+
+    method = build_method(config)  # the judge model is loaded by `setup`, not here
+    c = method.config
+    assert (c.t_max, c.alpha, c.lam, c.gamma, c.judge, c.dataset) == (1, 0.65, 0.25, 0.1, "wildguard",
+                                                                      "wildjailbreak+orbench")
+    wj, ob = source_spec("wildjailbreak", c.wildjailbreak), source_spec("orbench", c.orbench)
+    assert (wj.source, wj.name, wj.eval_name, wj.data_types) == ("allenai/wildjailbreak", "train", "eval",
+                                                                 ("adversarial_harmful",))
+    assert (ob.name, ob.eval_name, ob.eval_source, ob.harmful) == ("or-bench-80k", "or-bench-hard-1k", "/d/ob.csv",
+                                                                   False)
+    per_source_train = c.max_examples - math.ceil(c.eval_fraction * c.max_examples)
+    assert 2 * per_source_train == config.train.steps * 32  # one epoch over both sources

@@ -78,6 +78,13 @@ class WaltzRLMethod(Method):
     def data_report(self) -> Mapping[str, Any]:
         return self._data_report
 
+    @classmethod
+    def add_commands(cls, subparsers: Any, parents: Sequence[Any]) -> None:
+        """Adds `jaxalign chat --waltz` (`jaxalign.methods.waltzrl.chat`)."""
+        from jaxalign.methods.waltzrl.chat import add_chat_command
+
+        add_chat_command(subparsers, parents)
+
     def setup(self, agents: Mapping[str, Any]) -> None:
         self._agents = agents
         if self.judge is None:
