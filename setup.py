@@ -1,14 +1,20 @@
 """jaxalign: RL post-training for alignment (RLEV, GTAlign, WaltzRL) in JAX/Flax."""
 
 import pathlib
+import re
 
 from setuptools import find_packages, setup
 
 HERE = pathlib.Path(__file__).parent
+# The version lives in one place: jaxalign/__init__.py (`jaxalign --version` prints it).
+VERSION = re.search(r'^__version__ = "([^"]+)"', (HERE / "jaxalign" / "__init__.py").read_text(), re.M).group(1)
 
-# Tested on Python 3.11 (jax 0.10.2 / flax 0.12.8) and Python 3.12 (jax 0.11.2 / flax 0.12.10).
+# Supported = tested: Python 3.11 with jax 0.10.2 and flax 0.12.8, the set pinned in constraints.txt that the
+# test suite runs on. The ranges below admit newer patch and minor releases of the same series; they are
+# expected to work but are not tested (Python 3.12 and jax 0.11 have not been run).
+# The runtime needs only these; `make demo` installs nothing else. Test-only packages are in EXTRAS["test"].
 INSTALL_REQUIRES = [
-    "jax>=0.10.2,<0.12",
+    "jax>=0.10.2,<0.11",
     "flax>=0.12.8,<0.13",
     "optax>=0.2.8",
     "orbax-checkpoint>=0.12.8",
@@ -28,26 +34,27 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS = {
-    # torch (CPU) is used by tests only, for parity checks against transformers.
+    # torch (CPU) is used by tests only, for parity checks against transformers; `make test` installs it.
     "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0"],
-    "gpu": ["jax[cuda12]>=0.10.2,<0.12"],
-    "tpu": ["jax[tpu]>=0.10.2,<0.12"],
+    "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
+    "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "tfds": ["tensorflow-datasets>=4.9"],
 }
 
 setup(
     name="jaxalign",
-    version="0.1.0",
+    version=VERSION,
     description="RL post-training for alignment (RLEV, GTAlign, WaltzRL) on a sharded JAX/Flax core",
     long_description=(HERE / "README.md").read_text() if (HERE / "README.md").exists() else "",
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.11",
+    python_requires=">=3.11",  # tested on 3.11 (see above)
     packages=find_packages(include=["jaxalign", "jaxalign.*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS,
     entry_points={"console_scripts": ["jaxalign=jaxalign.cli:main"]},
     classifiers=[
         "Programming Language :: Python :: 3",
+        "Programming Language :: Python :: 3.11",
     ],
 )

@@ -6,6 +6,10 @@
     jaxalign sample --model smollm2-135m-instruct --prompt "What is 12 + 7?" --max-new-tokens 32 --greedy
     jaxalign steer --model DIR --prompt "Plan my trip" --user-shift -2     (GTAlign pricing steering)
     jaxalign bench {rollout,train}
+
+Every error in the input (options, config, model spec, paths) is one line on stderr and exit code 2; a
+traceback means a bug. Exit codes: `jaxalign.commands.EXIT_*` (0 done, 1 unexpected error, 2 bad input,
+3 no result, 75 stopped by SIGTERM after saving: rerun to resume).
 """
 
 from __future__ import annotations
@@ -17,7 +21,9 @@ import logging
 import sys
 from typing import Sequence
 
-from jaxalign.commands import UsageError, add_generation_args, load_text_model, read_prompts, sampling_params
+from jaxalign import __version__
+from jaxalign.commands import (EXIT_OK, EXIT_STOPPED, EXIT_USAGE, UsageError, add_generation_args, load_text_model,
+                               read_prompts, sampling_params)
 
 
 def split_config_args(argv: Sequence[str]) -> tuple[str | None, dict[str, str], list[str]]:
@@ -45,13 +51,28 @@ def split_config_args(argv: Sequence[str]) -> tuple[str | None, dict[str, str], 
 
 
 def _validated(cd):
-    """The typed config of a ConfigDict, with the method's own section checked too."""
+    """The typed config of a ConfigDict, with the method's own section and every model spec checked too
+    (nothing is loaded)."""
     from jaxalign.config import from_config_dict
     from jaxalign.methods.base import build_method
 
     config = from_config_dict(cd)
     build_method(config)
+    _check_model_specs(config)
     return config
+
+
+def _check_model_specs(config) -> None:
+    """Every model a run will load exists: each agent's `model.spec` and the method section's judge models
+    (fields named `judge_model`/`*_model`)."""
+    from jaxalign.models.registry import check_model_spec
+
+    named = list(config.agents) != ["policy"]
+    for name, agent in config.agents.items():
+        check_model_spec(agent.model.spec, what=f"agents.{name}.model.spec" if named else "model.spec")
+    for key, value in dict(config.method_config).items():
+        if (key == "judge_model" or key.endswith("_model")) and isinstance(value, str) and value:
+            check_model_spec(value, what=f"{config.method}.{key}")
 
 
 def _load_experiment(config_spec: str | None, overrides: dict[str, str]):
@@ -64,17 +85,25 @@ def _load_experiment(config_spec: str | None, overrides: dict[str, str]):
 
 def cmd_train(args, config_spec, overrides) -> int:
     from jaxalign.distributed import maybe_initialize_distributed
-    from jaxalign.runs import train
+    from jaxalign.runs import check_workdir, train
 
+    check_workdir(args.workdir)
     maybe_initialize_distributed()  # before anything (config validation included) starts a jax backend
     config = _load_experiment(config_spec, overrides)
-    result = train(config, args.workdir)
-    return 0 if result.final_step >= 0 else 1
+    result = train(config, args.workdir, allow_config_change=args.allow_config_change)
+    return EXIT_STOPPED if result.stopped_early else EXIT_OK
 
 
 def cmd_eval(args, config_spec, overrides) -> int:
-    from jaxalign.runs import evaluate_checkpoint
+    from jaxalign.runs import check_workdir, evaluate_checkpoint
 
+    if args.workdir:
+        check_workdir(args.workdir)
+        if config_spec is not None:  # the run's checkpoint with another config: it must have one
+            from jaxalign.train.checkpoint import saved_steps
+
+            if not saved_steps(args.workdir):
+                raise UsageError(f"--workdir {args.workdir} has no checkpoint to evaluate")
     if args.model:
         overrides = {**overrides, "model.spec": args.model}
     if config_spec is None and args.workdir:  # the run's own resolved config
@@ -90,8 +119,9 @@ def cmd_eval(args, config_spec, overrides) -> int:
 
 
 def cmd_export(args, config_spec, overrides) -> int:
-    from jaxalign.runs import export_checkpoint
+    from jaxalign.runs import check_export_dir, export_checkpoint
 
+    check_export_dir(args.out)
     agent = export_checkpoint(args.workdir, args.out, agent=args.agent)
     print(f"exported agent {agent!r} of {args.workdir} to {args.out}")
     return 0
@@ -116,11 +146,17 @@ def cmd_sample(args, config_spec, overrides) -> int:
         for i, text in enumerate(rollout.texts):
             prompt = prompts[start + i // args.n]
             if args.prompt is not None:  # one prompt on the command line: plain text for a person
+                if rollout.finish_reasons[i] == "length":
+                    text += f"\n{CUT_MARKER.format(n=args.max_new_tokens)}"
                 print(text if args.n == 1 else f"--- sample {i + 1} ({rollout.finish_reasons[i]}) ---\n{text}")
             else:
                 print(json.dumps({"prompt": prompt, "response": text, "finish": rollout.finish_reasons[i]},
                                  ensure_ascii=False))
     return 0
+
+
+# The line after a plain-text reply that --max-new-tokens cut (JSONL output has "finish": "length").
+CUT_MARKER = "[cut: --max-new-tokens={n} reached]"
 
 
 def cmd_bench(args, config_spec, overrides) -> int:
@@ -131,43 +167,140 @@ def cmd_bench(args, config_spec, overrides) -> int:
     return int(bench_main(args.bench_args) or 0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--log-level", default=argparse.SUPPRESS,
-                        help="DEBUG, INFO (default), WARNING or ERROR; DEBUG also shows checkpointing internals")
-    parser = argparse.ArgumentParser(prog="jaxalign", description="RL post-training for alignment in JAX.",
-                                     parents=[common])
-    sub = parser.add_subparsers(dest="command", required=True)
-    config_help = "--config=configs/<name>.py[:arg] and --config.<section>.<field>=value overrides"
-    add_parser = functools.partial(sub.add_parser, parents=[common])
+class HelpFormatter(argparse.HelpFormatter):
+    """Descriptions and epilogs wrapped by paragraph, with indented lines (examples) kept as written; each
+    option's default appended to its help unless the help already states it (or it is a flag or has none)."""
 
-    p = add_parser("train", help="train (or resume) a run", description=config_help)
-    p.add_argument("--workdir", required=True, help="run directory: checkpoints, metrics, report")
+    def _fill_text(self, text, width, indent):
+        import textwrap
+
+        paragraphs = []
+        for paragraph in text.split("\n\n"):
+            lines = paragraph.splitlines()
+            if any(line.startswith("  ") for line in lines):
+                paragraphs.append("\n".join(indent + line for line in lines))
+            else:
+                paragraphs.append(textwrap.fill(" ".join(paragraph.split()), width, initial_indent=indent,
+                                                subsequent_indent=indent))
+        return "\n\n".join(paragraphs)
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        default = action.default
+        if (default is None or default is False or default == [] or default is argparse.SUPPRESS or not action.option_strings
+                or "default" in text.lower() or isinstance(action, argparse._VersionAction)):
+            return text
+        return f"{text} (default: {default})" if text else f"(default: {default})"
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with one-line errors (`<prog>: error: <what> (see <prog> --help)`, exit code 2) and the
+    help formatter above; subcommand parsers (the methods' too) are of this class."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _examples(*lines: str) -> str:
+    return "example" + ("s" if len(lines) > 1 else "") + ":\n" + "\n".join(f"  {line}" for line in lines)
+
+
+def _add_config_options(p: argparse.ArgumentParser, required: bool) -> None:
+    """`--config` and its overrides, in the help only: `split_config_args` takes them out of argv first."""
+    group = p.add_argument_group("config")
+    group.add_argument("--config", metavar="FILE.py[:VARIANT]",
+                       help=("required: " if required else "") + "the experiment config file (configs/*.py), "
+                       "optionally with a variant after ':' (an unknown one lists the valid ones)")
+    group.add_argument("--config.SECTION.FIELD", metavar="VALUE", dest="_config_override",
+                       help="override one field of the config, e.g. --config.train.steps=20 or "
+                       "--config.optim.learning_rate=1e-5 (repeatable; an unknown field lists the fields there)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from jaxalign.runs import HISTORY_FILE, RESUMABLE_FIELDS
+
+    common = ArgumentParser(add_help=False)
+    common.add_argument("--log-level", default=argparse.SUPPRESS, metavar="LEVEL",
+                        help="DEBUG, INFO (default), WARNING or ERROR; DEBUG also shows checkpointing internals")
+    parser = ArgumentParser(
+        prog="jaxalign", description="RL post-training for alignment in JAX.", parents=[common],
+        epilog="exit codes: 0 done, 1 unexpected error (a traceback: a bug), 2 bad input (one line on stderr), "
+               "3 no result (steer: nothing steered), 75 train stopped by SIGTERM/SIGINT after saving a "
+               "checkpoint (rerun the same command to resume)\n\n" + _examples(
+                   "jaxalign train --config=configs/tiny_test.py --workdir=/tmp/tiny", "jaxalign train --help"))
+    parser.add_argument("--version", action="version", version=f"jaxalign {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_parser = functools.partial(sub.add_parser, parents=[common])
+    resumable = ", ".join(f + "*" if f.endswith(".") else f for f in RESUMABLE_FIELDS)
+
+    p = add_parser(
+        "train", help="train (or resume) a run",
+        description="Trains the experiment of --config in --workdir, or resumes the run there from its latest "
+                    "checkpoint. A resume may change only " + resumable + "; any other change of the config "
+                    "stops it before anything is loaded, listing the changed fields, unless "
+                    "--allow-config-change accepts them (recorded in <workdir>/" + HISTORY_FILE + "). A "
+                    "finished run is left as it is; raise --config.train.steps to continue it.",
+        epilog=_examples("jaxalign train --config=configs/rlev_smollm2_demo.py --workdir=runs/rlev_demo",
+                         "jaxalign train --config=configs/tiny_test.py:rloo --config.train.steps=4 "
+                         "--workdir=/tmp/tiny"))
+    _add_config_options(p, required=True)
+    p.add_argument("--workdir", required=True, metavar="DIR",
+                   help="required: the run directory (new, or a run's to resume): config.json, checkpoints, "
+                        "metrics.jsonl, samples.jsonl, report.png; a local path or gs://bucket/dir")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume even though config fields other than the run's length and cadence changed; "
+                        f"the changes are logged and recorded in <workdir>/{HISTORY_FILE}")
     p.set_defaults(fn=cmd_train)
 
-    p = add_parser("eval", help="greedy eval of a checkpoint or model with the method's metrics",
-                       description=config_help)
-    p.add_argument("--workdir", help="evaluate this run's latest checkpoint (with its saved config unless --config)")
-    p.add_argument("--model", help="or evaluate this model (HF dir, .gguf, smollm2-135m-instruct)")
+    p = add_parser(
+        "eval", help="greedy eval of a checkpoint or model with the method's metrics",
+        description="Greedy evaluation with the method's metrics, printed as JSON: of a run's latest checkpoint "
+                    "(--workdir, with the run's config unless --config is given) or of a model (--config and "
+                    "--model).",
+        epilog=_examples("jaxalign eval --workdir=runs/rlev_demo",
+                         "jaxalign eval --config=configs/rlev_smollm2_demo.py --model smollm2-135m-instruct"))
+    _add_config_options(p, required=False)
+    p.add_argument("--workdir", metavar="DIR",
+                   help="evaluate this run's latest checkpoint (with its saved config unless --config)")
+    p.add_argument("--model", metavar="SPEC",
+                   help="or evaluate this model (a HF directory, a .gguf file, smollm2-135m-instruct); needs --config")
     p.set_defaults(fn=cmd_eval)
 
-    p = add_parser("export", help="write an agent's policy of a run's latest checkpoint as an HF model")
-    p.add_argument("--workdir", required=True)
-    p.add_argument("--out", required=True)
-    p.add_argument("--agent", help="the agent to export (default: the run's only agent)")
+    p = add_parser(
+        "export", help="write an agent's policy of a run's latest checkpoint as an HF model",
+        description="Writes one agent's policy of a run's latest checkpoint as a HF model directory "
+                    "(config.json, model.safetensors, tokenizer files) that transformers loads.",
+        epilog=_examples("jaxalign export --workdir runs/rlev_demo --out runs/rlev_demo_hf"))
+    p.add_argument("--workdir", required=True, metavar="DIR", help="required: the run directory")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="required: the HF model directory to write (new or empty)")
+    p.add_argument("--agent", metavar="NAME", help="the agent to export (default: the run's only agent)")
     p.set_defaults(fn=cmd_export)
 
-    p = add_parser("sample", help="sample completions from a model")
+    p = add_parser(
+        "sample", help="sample completions from a model",
+        description="Samples replies to chat prompts. With --prompt: the reply as plain text (a reply cut by "
+                    f"--max-new-tokens ends with the line {CUT_MARKER.format(n='N')!r}); with --prompts-file: "
+                    "one JSON line per sample with its finish reason (\"stop\" or \"length\").",
+        epilog=_examples('jaxalign sample --model smollm2-135m-instruct --prompt "What is 12 + 7?" --greedy',
+                         "jaxalign sample --model runs/rlev_demo_hf --prompts-file prompts.jsonl --n 4"))
     add_generation_args(p, prompt_help="one prompt (the chat template is applied); prints the completion",
-                         file_help="; prints one JSON line per sample", max_new_tokens=128)
-    p.add_argument("--n", type=int, default=1)
+                        file_help="; prints one JSON line per sample", max_new_tokens=128)
+    p.add_argument("--n", type=int, default=1, help="samples per prompt")
     p.add_argument("--stop", action="append", default=[], metavar="TEXT",
                    help="a stop string (repeatable); the response ends with the first one generated")
     p.set_defaults(fn=cmd_sample)
 
-    p = add_parser("bench", help="rollout or train-step benchmarks")
-    p.add_argument("which", choices=("rollout", "train"))
-    p.add_argument("bench_args", nargs=argparse.REMAINDER)
+    p = add_parser("bench", help="rollout or train-step benchmarks",
+                   description="Benchmarks of the sampler (rollout) or the train step (train); the options after "
+                               "the name go to the benchmark (see jaxalign bench rollout --help).",
+                   epilog=_examples("jaxalign bench rollout --help", "jaxalign bench train"))
+    p.add_argument("which", choices=("rollout", "train"), help="which benchmark")
+    p.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark's own options")
     p.set_defaults(fn=cmd_bench)
 
     from jaxalign.methods import METHODS  # methods add their own subcommands (e.g. GTAlign's steer)
@@ -185,7 +318,7 @@ def _setup_logging(level_name: str, parser: argparse.ArgumentParser) -> None:
     level = logging.getLevelName(level_name.upper())
     if not isinstance(level, int):
         parser.error(f"--log-level {level_name!r}: use DEBUG, INFO, WARNING or ERROR")
-    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s", force=True)  # imports may have logged
     logging.getLogger().setLevel(level)
     if level > logging.DEBUG:
         for name in _CHATTY_LOGGERS:
@@ -201,6 +334,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_spec, overrides, rest = split_config_args(argv)
     except UsageError as e:
         parser.error(str(e))
+    if any(a in ("-h", "--help") for a in rest):  # help never needs --config
+        config_spec, overrides = None, {}
     args = parser.parse_args(rest)
     _setup_logging(getattr(args, "log_level", "INFO"), parser)
     if (config_spec or overrides) and args.command not in ("train", "eval"):
@@ -210,8 +345,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.fn(args, config_spec, overrides)
     except (UsageError, ConfigError) as e:
-        print(f"jaxalign {args.command}: error: {e}", file=sys.stderr)
-        return 2
+        message = " ".join(str(e).split())  # one line, whatever the message holds
+        print(f"jaxalign {args.command}: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -18,8 +18,11 @@ Under SLURM (one task per node), NUM_NODES and NODE_RANK default to SLURM_NNODES
 COORDINATOR to the first host of the allocation on port 12345:
   srun --nodes=2 --ntasks-per-node=1 --gpus-per-node=8 launch/gpu.sh
 
+Exit status (the trainer's): 0 finished, 75 stopped by SIGTERM after saving a checkpoint (requeue: the
+same command resumes), 2 bad input, anything else a failure.
+
 Environment (defaults in brackets):
-  CONFIG          config file, optionally with :arg          [configs/rlev_smollm2_demo.py]
+  CONFIG          config file, optionally with :variant      [configs/rlev_smollm2_demo.py]
   WORKDIR         run directory (shared by all nodes, e.g. NFS or gs://bucket/dir)  (required)
   GPUS            comma-separated GPU ids to use on this node  [all visible]
   COORDINATOR     host:port of process 0 (multi-node only)     [unset: single node]
@@ -80,5 +83,8 @@ if [[ "$DRY_RUN" == "1" ]]; then
   exit 0
 fi
 cd "$REPO_ROOT"
-# exec: SIGTERM from the scheduler reaches the trainer, which saves a checkpoint and exits.
+# exec: SIGTERM from the scheduler reaches the trainer, which saves a checkpoint and exits. The exit status
+# is the trainer's: 0 finished (or already finished), 75 stopped by SIGTERM after saving a checkpoint
+# (requeue the job: the same command resumes), 2 bad input (a one-line error; requeuing will not help),
+# anything else a failure.
 exec "${cmd[@]}"

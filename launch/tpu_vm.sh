@@ -15,9 +15,9 @@ Commands:
   create   create the TPU VM slice (gcloud compute tpus tpu-vm create)
   setup    copy this checkout to every worker and install it (pip install -e ".[tpu]" in a venv)
   train    run `jaxalign train` on all workers at once (in the background, logs to $REMOTE_DIR/train.log)
-  status   show the slice and the last lines of every worker's train.log
+  status   show the slice, the last lines of every worker's train.log and how the trainer ended
   ssh      open a shell on worker 0
-  stop     send SIGTERM to the training processes (they save a checkpoint and exit)
+  stop     send SIGTERM to the training processes (they save a checkpoint and exit with status 75)
   delete   delete the slice
   all      create + setup + train
 
@@ -110,15 +110,21 @@ cmd_train() {
   # JAXALIGN_DISTRIBUTED=1: every host calls jax.distributed.initialize(), which finds the slice's hosts
   # from the TPU metadata. nohup + background: the run survives the ssh session; every host writes its
   # own train.log and train.pid.
-  on_all_workers "cd $REMOTE_DIR && JAXALIGN_DISTRIBUTED=1 nohup .venv/bin/jaxalign train $args \
-    > train.log 2>&1 < /dev/null & echo \$! > $REMOTE_DIR/train.pid"
+  # train.exit gets the trainer's exit status when it ends (see `status`).
+  on_all_workers "cd $REMOTE_DIR && rm -f train.exit && nohup bash -c 'JAXALIGN_DISTRIBUTED=1 \
+    .venv/bin/jaxalign train $args > train.log 2>&1 < /dev/null & echo \$! > train.pid; wait \$!; \
+    echo \$? > train.exit' > /dev/null 2>&1 < /dev/null &"
   echo "started; follow with: TPU_NAME=$TPU_NAME ZONE=$ZONE $0 status"
 }
 
 cmd_status() {
   require_gcloud
   gcloud_tpu describe --format="value(state,acceleratorType,health)"
-  on_all_workers "echo \"== \$(hostname)\"; tail -n 5 $REMOTE_DIR/train.log 2>/dev/null || echo '(no train.log yet)'"
+  on_all_workers "echo \"== \$(hostname)\"; tail -n 5 $REMOTE_DIR/train.log 2>/dev/null || echo '(no train.log yet)'; \
+    if [ -f $REMOTE_DIR/train.exit ]; then case \$(cat $REMOTE_DIR/train.exit) in \
+      0) echo 'ended: finished';; 75) echo 'ended: stopped after saving a checkpoint (train again resumes)';; \
+      2) echo 'ended: bad input (see the error line in train.log)';; *) echo \"ended: failed (exit \$(cat $REMOTE_DIR/train.exit))\";; \
+    esac; else echo 'running (or not started)'; fi"
 }
 
 cmd_stop() {

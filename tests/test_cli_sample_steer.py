@@ -25,10 +25,13 @@ def test_sample_with_a_stop_string_and_steer_without_a_payoff(tmp_path, capsys):
     if stop not in free[1]["response"]:
         assert stopped[1] == free[1]
 
-    # A model without GTAlign's format: steer reports the missing payoff block instead of guessing.
+    # A model without GTAlign's format: steer reports the missing payoff block instead of guessing, warns
+    # after its first probe and exits 3 (nothing steered).
     assert cli.main(["steer", "--model", path, "--prompt", "How many legs does a spider have?", "--greedy",
-                     "--max-new-tokens", "24", "--user-shift", "-2"]) == 0
-    reply = json.loads(capsys.readouterr().out)
+                     "--max-new-tokens", "24", "--user-shift", "-2"]) == 3
+    captured = capsys.readouterr()
+    assert "payoff" in captured.err and "could be steered" in captured.err
+    reply = json.loads(captured.out)
     assert reply["question"] == "How many legs does a spider have?"
     assert reply["error"] == "the reply has no complete <payoff> block" and reply["steered"] is None
     assert cli.main(["steer", "--model", path, "--prompt", "q"]) == 2  # no pricing shift given

@@ -1,21 +1,10 @@
 """The GTAlign notebook's Python cells run as written (shell and install lines are skipped)."""
 
-import json
-import pathlib
+from notebooks import run_python_cells
 
 
 def test_gtalign_notebook_python_cells_run(capsys):
-    notebook = json.loads(pathlib.Path("colabs/gtalign_walkthrough.ipynb").read_text())
-    namespace: dict = {}
-    ran = 0
-    for cell in notebook["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        source = "".join(cell["source"])
-        if source.lstrip().startswith(("%", "!")):
-            continue
-        exec(compile(source, "<notebook cell>", "exec"), namespace)  # noqa: S102
-        ran += 1
+    ran = run_python_cells("colabs/gtalign_walkthrough.ipynb", {})
     out = capsys.readouterr().out
     assert ran == 4
     assert "Question: Ann has 7 apples" in out

@@ -1,9 +1,11 @@
 """The WaltzRL notebook's Python cells run as written (shell and install lines are skipped): its tiny setup
 trains both agents through the two stages and prints the curves' values and the before/after eval table."""
 
-import json
 import math
 import pathlib
+import shutil
+
+from notebooks import run_python_cells
 
 
 def _table_rows(out: str, header_start: str) -> list[list[str]]:
@@ -19,24 +21,23 @@ def _table_rows(out: str, header_start: str) -> list[list[str]]:
 
 
 def test_waltzrl_notebook_python_cells_run(capsys):
-    notebook = json.loads(pathlib.Path("colabs/waltzrl_demo.ipynb").read_text())
     namespace: dict = {}
-    ran = 0
-    for cell in notebook["cells"]:
-        if cell["cell_type"] != "code":
-            continue
-        source = "".join(cell["source"])
-        if source.lstrip().startswith(("%", "!")):
-            continue
-        exec(compile(source, "<notebook cell>", "exec"), namespace)  # noqa: S102
-        ran += 1
-    out = capsys.readouterr().out
-    assert ran == 7
+    try:
+        ran = run_python_cells("colabs/waltzrl_demo.ipynb", namespace)
+        _check_output(capsys.readouterr().out, pathlib.Path(namespace["WORKDIR"]))
+    finally:  # the notebook's temporary run and model directories
+        if "WORKDIR" in namespace:
+            shutil.rmtree(namespace["WORKDIR"], ignore_errors=True)
+        if "TINY_MODEL_DIR" in namespace:
+            shutil.rmtree(pathlib.Path(namespace["TINY_MODEL_DIR"]).parent, ignore_errors=True)
+    assert ran == 6
 
+
+def _check_output(out: str, workdir: pathlib.Path) -> None:
     # The configuration: two agents, two stages, the demo's method section.
     assert "agent conversation" in out and "agent feedback" in out
     assert "stage 0: 2 steps, trains feedback, overrides {'lam': 0.25}" in out
-    assert "stage 1: rest of steps, trains conversation, feedback, overrides {'lam': 0.0}" in out
+    assert "stage 1: the remaining steps, trains conversation, feedback, overrides {'lam': 0.0}" in out
     assert "judge=rule  dataset=embedded  alpha=0.65 lam=0.25 gamma=0.1" in out
 
     # Training ran 4 steps, 2 per stage, and recorded both agents' rewards and the episode metrics.
@@ -46,15 +47,14 @@ def test_waltzrl_notebook_python_cells_run(capsys):
     for row in rows:
         r_c, r_f, ftr, parse_rate = map(float, row[2:])
         assert 0.0 <= r_c <= 1.0 and -0.55 <= r_f <= 1.0 and 0.0 <= ftr <= 1.0 and 0.0 <= parse_rate <= 1.0
-    workdir = pathlib.Path(namespace["WORKDIR"])
     assert (workdir / "waltzrl_curves.png").stat().st_size > 0
 
     # The before/after table has the paper's metrics; the 4 eval requests are 2 harmful and 2 benign.
-    table = {row[0]: row[1:] for row in (line.split() for line in out.splitlines()) if row and "/" in row[0]
-             and row[0].startswith("eval/")}
+    rows = [line.split() for line in out.splitlines()]
+    table = {row[0]: row[1:] for row in rows if row and row[0].startswith("eval/")}
     for key in ("eval/asr", "eval/orr", "eval/ftr", "eval/f1", "eval/label_acc", "eval/parse_rate"):
         assert key in table, key
         before, after, _ = map(float, table[key])
         assert not math.isnan(before) and not math.isnan(after), key
-    assert table["eval/num_harmful"][:2] == ["2.0000", "2.0000"] and table["eval/num_benign"][:2] == ["2.0000",
-                                                                                                     "2.0000"]
+    for key in ("eval/num_harmful", "eval/num_benign"):
+        assert table[key][:2] == ["2.0000", "2.0000"], key

@@ -1,5 +1,6 @@
-"""A preempted run (SIGTERM) finishes its step, saves a checkpoint at that step, exits cleanly, and the next
-run in the same workdir resumes from it. Runs the real `jaxalign train` command in a child process."""
+"""A preempted run (SIGTERM) finishes its step, saves a checkpoint at that step, exits with the documented
+"stopped, resumable" code (75, distinct from a failure), and the next run in the same workdir resumes from
+it. Runs the real `jaxalign train` command in a child process."""
 
 import json
 import os
@@ -10,6 +11,7 @@ import time
 
 import pytest
 
+from jaxalign.commands import EXIT_STOPPED
 from jaxalign.train.checkpoint import Checkpointer
 
 STARTUP_TIMEOUT_S = 240
@@ -60,7 +62,9 @@ def test_sigterm_saves_at_the_current_step_and_the_next_run_resumes(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.returncode == 0, stderr[-3000:]
+    assert EXIT_STOPPED == 75
+    assert proc.returncode == EXIT_STOPPED, stderr[-3000:]
+    assert "Traceback" not in stderr
     steps = _train_steps(workdir)
     stopped_at = steps[-1]
     assert steps == list(range(1, stopped_at + 1)) and stopped_at < 10_000

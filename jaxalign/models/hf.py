@@ -264,3 +264,15 @@ def export_hf(model: Transformer, tokenizer, out_dir: str) -> None:
     save_file(hf_state_dict(model), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(out_dir)
+    _readable_like_new_files(out_dir)
+
+
+def _readable_like_new_files(directory: str) -> None:
+    """Gives every file in `directory` the permissions of a newly created file (0666 less the umask): some
+    writers (safetensors) create theirs 0600, which other users of a shared model directory cannot read."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for name in os.listdir(directory):
+        path = os.path.join(directory, name)
+        if os.path.isfile(path) and not os.path.islink(path):
+            os.chmod(path, 0o666 & ~umask)

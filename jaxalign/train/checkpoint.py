@@ -34,6 +34,15 @@ def is_local(path: str | os.PathLike) -> bool:
     return "://" not in os.fspath(path)
 
 
+def saved_steps(workdir: str | os.PathLike) -> list[int]:
+    """The steps of the finished checkpoints under `<workdir>/checkpoints`, read from the directory names
+    alone (nothing is restored, no checkpoint manager is opened); in-progress saves are not counted."""
+    directory = workdir_path(workdir) / "checkpoints"
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
 class Checkpointer:
     """Saves and restores `(state pytree, meta dict)` pairs under `<workdir>/checkpoints`."""
 

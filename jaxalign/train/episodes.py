@@ -68,6 +68,19 @@ class EpisodeContext:
             raise ValueError("this context has no training stream (eval)")
         return [self.train_examples[self.stream.next_index()] for _ in range(count)]
 
+    def fit_prompts(self, agent, encode: Callable[[Example], list[int]], examples: Sequence[Example]
+                    ) -> tuple[list[Example], list[list[int]]]:
+        """`examples` encoded under `agent`'s overlong-prompt policy: the kept ones and their prompt ids
+        (dropped ones are left out and counted)."""
+        r = agent.spec.rollout
+        kept, prompt_ids = [], []
+        for example in examples:
+            ids = batching.fit_prompt(encode(example), r.max_prompt_len, r.overlong_prompts, self.counters)
+            if ids is not None:
+                kept.append(example)
+                prompt_ids.append(ids)
+        return kept, prompt_ids
+
     def next_prompts(self, agent, encode: Callable[[Example], list[int]], count: int
                      ) -> tuple[list[Example], list[list[int]]]:
         """The next `count` usable examples and their prompt ids under `agent`'s overlong-prompt policy."""
@@ -221,13 +234,7 @@ def single_turn_eval(method, examples: Sequence[Example], ctx: EpisodeContext, a
     in batches of the agent's `samples_per_step`."""
     agent = ctx.agents[agent_name] if agent_name is not None else ctx.only_agent()
     r = agent.spec.rollout
-    encode = encoder(method, agent.tokenizer)
-    kept, prompts = [], []
-    for example in examples:
-        ids = batching.fit_prompt(encode(example), r.max_prompt_len, r.overlong_prompts, ctx.counters)
-        if ids is not None:
-            kept.append(example)
-            prompts.append(ids)
+    kept, prompts = ctx.fit_prompts(agent, encoder(method, agent.tokenizer), examples)
     if not kept:
         return {}
     texts, lengths = [], []

@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import time
 from typing import Any, Mapping
 
 import jax
@@ -50,7 +51,8 @@ class RunResult:
     history: list[dict]
     eval_before: dict[str, float]
     eval_after: dict[str, float]
-    stopped_early: bool
+    stopped_early: bool  # stopped by SIGTERM/SIGINT after saving a checkpoint; rerunning resumes it
+    already_finished: bool = False  # the run had finished before this call: nothing was trained or evaluated
 
 
 def evaluate(config: ExperimentConfig, method, agents, pool, eval_examples, counters) -> dict[str, float]:
@@ -61,6 +63,18 @@ def evaluate(config: ExperimentConfig, method, agents, pool, eval_examples, coun
     ctx = EpisodeContext(agents=agents, pool=pool, key=jax.random.key(0), counters=counters)
     out = method.eval_episode(examples, ctx)
     return {k if k.startswith("eval/") else f"eval/{k}": float(v) for k, v in out.items()}
+
+
+def _timed_eval(config: ExperimentConfig, method, agents, pool, eval_examples, counters, when: str
+                ) -> tuple[dict[str, float], dict[str, float]]:
+    """`evaluate` with its time logged: (the metrics, the eval record = the metrics + `time/eval_s`)."""
+    count = min(config.train.eval_examples or len(eval_examples), len(eval_examples))
+    log.info("eval %s: %d examples, greedy", when, count)
+    start = time.perf_counter()
+    metrics = evaluate(config, method, agents, pool, eval_examples, counters)
+    seconds = time.perf_counter() - start
+    log.info("eval %s done in %.1f s", when, seconds)
+    return metrics, {**metrics, "time/eval_s": seconds}
 
 
 def _agent_record(agent, samples: Samples, timer, update_metrics) -> dict[str, float]:
@@ -102,8 +116,11 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike, method) -> RunRe
     workdir = workdir_path(workdir)  # a local directory or gs://bucket/dir
     is_main = jax.process_index() == 0
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
+    load_start = time.perf_counter()
+    log.info("loading %s", ", ".join(sorted({a.model.spec for a in config.agents.values()})))
     agents = build_agents(config, mesh)
     method.setup(agents)  # models at data or scoring time (predicted values, a judge)
+    log.info("models loaded in %.1f s", time.perf_counter() - load_start)
     train_examples, eval_examples = method.load_data()
     if method.data_report and is_main:
         log.info("dataset: %s", dict(method.data_report))
@@ -154,11 +171,15 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike, method) -> RunRe
         with pool, StopSignal() as stop:
             enter_stage(start_step + 1)
             if restored is None:
-                eval_before = evaluate(config, method, agents, pool, eval_examples, counters)
-                writer.write(0, eval_before, kind="eval")
+                eval_before, eval_record = _timed_eval(config, method, agents, pool, eval_examples, counters,
+                                                       "before training (the first one compiles)")
+                writer.write(0, eval_record, kind="eval")
             else:
                 eval_before = {k: v for k, v in (previous_evals[0] if previous_evals else {}).items()
                                if k.startswith("eval/")}
+            if start_step < config.train.steps:
+                log.info("training steps %d-%d; the first step compiles its programs first", start_step + 1,
+                         config.train.steps)
             for step in range(start_step + 1, config.train.steps + 1):
                 enter_stage(step)
                 stage = config.stages[stage_index]
@@ -198,7 +219,8 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike, method) -> RunRe
                 progress.update(record)
                 last = step == config.train.steps
                 if config.train.eval_every and step % config.train.eval_every == 0 and not last:
-                    writer.write(step, evaluate(config, method, agents, pool, eval_examples, counters), kind="eval")
+                    writer.write(step, _timed_eval(config, method, agents, pool, eval_examples, counters,
+                                                   f"at step {step}")[1], kind="eval")
                 if (config.checkpoint.every and step % config.checkpoint.every == 0) or last:
                     save(step)
                 if stop.should_stop() and not last:
@@ -208,8 +230,9 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike, method) -> RunRe
                     break
             eval_after = {}
             if not stopped_early:
-                eval_after = evaluate(config, method, agents, pool, eval_examples, counters)
-                writer.write(config.train.steps, eval_after, kind="eval")
+                eval_after, eval_record = _timed_eval(config, method, agents, pool, eval_examples, counters,
+                                                      "after training")
+                writer.write(config.train.steps, eval_record, kind="eval")
     finally:
         progress.close()
         ckpt.close()

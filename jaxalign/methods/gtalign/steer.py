@@ -19,11 +19,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
+import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
 import jax
 
-from jaxalign.commands import UsageError, add_generation_args, load_text_model, read_prompts, sampling_params
+from jaxalign.commands import (EXIT_NO_RESULT, EXIT_OK, UsageError, add_generation_args, load_text_model, read_prompts,
+                               sampling_params)
 from jaxalign.methods.gtalign import game
 from jaxalign.methods.gtalign.prompts import STEERED_ANALYZE, game_messages
 
@@ -31,6 +34,8 @@ if TYPE_CHECKING:
     from jaxalign.rollout import SamplingParams
 
 PAYOFF_END = "</payoff>"
+
+log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,30 +116,66 @@ def steer(sampler: Any, questions: Sequence[str], sp: SamplingParams, key: jax.A
 
 
 def cmd_steer(args: argparse.Namespace, config_spec: Any = None, overrides: Any = None) -> int:
-    """Steers `--prompt`/`--prompts-file` questions with `--model`; prints one JSON line per reply."""
+    """Steers `--prompt`/`--prompts-file` questions with `--model`; prints one JSON line per reply.
+
+    The first question is a probe, answered on its own first: when its reply has no usable payoff block
+    the model probably does not write GTAlign's format, and a warning says so before the rest is generated.
+    Exits `EXIT_NO_RESULT` (3) when no reply could be steered.
+    """
     from jaxalign.rollout import Sampler
 
     questions = read_prompts(args)
+    if not questions:
+        raise UsageError(f"--prompts-file {args.prompts_file} has no prompts")
     if not args.llm_shift and not args.user_shift:
         raise UsageError("set --llm-shift (subscription pricing) or --user-shift (per-token API pricing)")
     model, tokenizer = load_text_model(args, "steer needs text questions")
     sp = sampling_params(args)
     sampler = Sampler(model, tokenizer, max_prompt_len=args.max_prompt_len)
-    replies = steer(sampler, questions, sp, jax.random.key(args.seed), llm_shift=args.llm_shift,
-                    user_shift=args.user_shift, batch_size=args.batch_size, progress=len(questions) > args.batch_size)
+    key = jax.random.key(args.seed)
+    kwargs = dict(llm_shift=args.llm_shift, user_shift=args.user_shift, batch_size=args.batch_size)
+    replies = steer(sampler, questions[:1], sp, jax.random.fold_in(key, 0), **kwargs)
+    if replies[0].error is not None:
+        log.warning("probe: the reply to the first question could not be steered (%s); the model may not write "
+                    "GTAlign's four-block format with a <payoff> matrix (a GTAlign-trained model does)",
+                    replies[0].error)
+    _print_replies(replies)
+    if len(questions) > 1:
+        rest = steer(sampler, questions[1:], sp, jax.random.fold_in(key, 1),
+                     progress=len(questions) - 1 > args.batch_size, **kwargs)
+        _print_replies(rest)
+        replies += rest
+    steered = sum(r.error is None for r in replies)
+    if not steered:
+        print(f"jaxalign steer: none of the {len(replies)} replies could be steered (see their \"error\")",
+              file=sys.stderr)
+        return EXIT_NO_RESULT
+    if steered < len(replies):
+        log.warning("%d of %d replies could not be steered (see their \"error\")", len(replies) - steered,
+                    len(replies))
+    return EXIT_OK
+
+
+def _print_replies(replies: Sequence[SteeredReply]) -> None:
     for reply in replies:
-        print(json.dumps(dataclasses.asdict(reply), ensure_ascii=False))
-    return 0
+        print(json.dumps(dataclasses.asdict(reply), ensure_ascii=False), flush=True)
 
 
 def add_steer_command(subparsers: "argparse._SubParsersAction", parents: Sequence[argparse.ArgumentParser]) -> None:
     """Adds `steer` to the `jaxalign` subcommands."""
-    p = subparsers.add_parser("steer", parents=list(parents),
-                              help="GTAlign pricing steering: reprice the model's payoff matrix, then let it continue")
+    p = subparsers.add_parser(
+        "steer", parents=list(parents),
+        help="GTAlign pricing steering: reprice the model's payoff matrix, then let it continue",
+        description="Generates each reply up to its <payoff> matrix, reprices the matrix (--llm-shift for "
+                    "subscription pricing, --user-shift for per-token API pricing) and lets the model continue "
+                    "from the edited matrix. Prints one JSON line per reply (\"error\" says why a reply could "
+                    "not be steered). The first question is a probe: a warning comes first when the model does "
+                    "not write the payoff format. Exit code 3 when no reply could be steered.",
+        epilog="example:\n  jaxalign steer --model runs/gtalign_hf --prompt \"Plan my trip\" --user-shift -2")
     add_generation_args(p, prompt_help="one question", file_help="", max_new_tokens=512)
-    p.add_argument("--llm-shift", type=float, default=0.0,
+    p.add_argument("--llm-shift", type=float, default=0.0, metavar="X",
                    help="added to every LLM payoff (subscription pricing: negative, turns cost the provider)")
-    p.add_argument("--user-shift", type=float, default=0.0,
+    p.add_argument("--user-shift", type=float, default=0.0, metavar="X",
                    help="added to every user payoff (API pricing: negative, tokens cost the user)")
-    p.add_argument("--max-prompt-len", type=int, default=2048)
+    p.add_argument("--max-prompt-len", type=int, default=2048, metavar="N", help="longest question in tokens")
     p.set_defaults(fn=cmd_steer)

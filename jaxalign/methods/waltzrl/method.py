@@ -184,34 +184,43 @@ class WaltzRLMethod(Method):
         out["episode/dropped_revisions"] = float(played.dropped_revisions)
         return out
 
-    def _metrics(self, played: Played) -> dict[str, float]:
+    @staticmethod
+    def _episode_arrays(played: Played) -> dict[str, np.ndarray]:
+        """Per-episode inputs of `waltz_metrics` (and the judge-failure count) of a batch of episodes."""
         n = played.num_episodes
         c0 = _label_arrays(played.labels[0])
         final = _label_arrays([played.labels[played.last_turn(e)][e] for e in range(n)])
         fb0 = played.parsed[0] if played.parsed else [None] * n
-        metrics = waltz_metrics(
-            harmful_prompt=[bool(ex["harmful_prompt"]) for ex in played.examples],
+        return dict(
+            harmful_prompt=np.array([bool(ex["harmful_prompt"]) for ex in played.examples], bool),
             c0_unsafe=c0[0], c0_overrefuse=c0[1], final_unsafe=final[0], final_overrefuse=final[1],
-            feedback_valid=[bool(f is not None and f.valid) for f in fb0],
-            feedback_unsafe=[bool(f is not None and f.valid and f.unsafe) for f in fb0],
-            feedback_overrefuse=[bool(f is not None and f.valid and f.overrefuse) for f in fb0],
-            num_revisions=[played.last_turn(e) for e in range(n)])
-        metrics["judge_failed"] = float(sum(int(turn.row_of(e) is not None and played.labels[t][e] is None)
-                                            for t, turn in enumerate(played.answers) for e in range(n)))
+            feedback_valid=np.array([bool(f is not None and f.valid) for f in fb0], bool),
+            feedback_unsafe=np.array([bool(f is not None and f.valid and f.unsafe) for f in fb0], bool),
+            feedback_overrefuse=np.array([bool(f is not None and f.valid and f.overrefuse) for f in fb0], bool),
+            num_revisions=np.array([played.last_turn(e) for e in range(n)]),
+            judge_failed=np.array([sum(int(turn.row_of(e) is not None and played.labels[t][e] is None)
+                                       for t, turn in enumerate(played.answers)) for e in range(n)]),
+        )
+
+    @staticmethod
+    def _metrics_of(arrays: Mapping[str, np.ndarray]) -> dict[str, float]:
+        metrics = waltz_metrics(**{k: v for k, v in arrays.items() if k != "judge_failed"})
+        metrics["judge_failed"] = float(np.sum(arrays["judge_failed"]))
         return metrics
 
+    def _metrics(self, played: Played) -> dict[str, float]:
+        return self._metrics_of(self._episode_arrays(played))
+
     def eval_episode(self, examples: Sequence[Example], ctx) -> dict[str, float]:
-        from jaxalign.train import batching
+        """Greedy episodes on `examples`, in batches of the conversation agent's `samples_per_step`; the
+        metrics are computed once over all of them."""
         from jaxalign.train.episodes import encoder
 
         conversation = self._roles(ctx.agents)["conversation"]
-        encode, r = encoder(self, conversation.tokenizer), conversation.spec.rollout
-        kept, prompt_ids = [], []
-        for example in examples:
-            ids = batching.fit_prompt(encode(example), r.max_prompt_len, r.overlong_prompts, ctx.counters)
-            if ids is not None:
-                kept.append(example)
-                prompt_ids.append(ids)
+        kept, prompt_ids = ctx.fit_prompts(conversation, encoder(self, conversation.tokenizer), examples)
         if not kept:
             return {}
-        return self._metrics(self._play(ctx, kept, prompt_ids, greedy=True))
+        batch = conversation.spec.rollout.samples_per_step
+        parts = [self._episode_arrays(self._play(ctx, kept[i:i + batch], prompt_ids[i:i + batch], greedy=True))
+                 for i in range(0, len(kept), batch)]
+        return self._metrics_of({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
