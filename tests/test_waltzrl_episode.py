@@ -140,3 +140,21 @@ def test_tau_a_trains_the_first_answer_and_t_max_zero_has_no_feedback_agent(toke
     ctx.agents = {"conversation": _agent("conversation", tokenizer, conversation_reply)}
     out = single.episode(ctx)
     assert set(out) == {"conversation"} and len(ctx.agents["conversation"].sampler.seen) == 4
+
+
+def test_shared_policy_plays_both_roles_in_one_batch(tokenizer):
+    def reply(context):  # one model in both roles: it answers, then reviews as the feedback agent
+        return FINE if "Assistant's answer" in context else conversation_reply(context)
+
+    policy = _agent("policy", tokenizer, reply)
+    method = WaltzRLMethod(dict(shared_policy=True, conversation_sample="tau_a"), judge=RuleJudge())
+    assert method.agents() == ("policy",)
+    stream = batching.DataStream(len(EXAMPLES), seed=0)
+    ctx = EpisodeContext(agents={"policy": policy}, pool=None, key=jax.random.key(0), step=1, stream=stream,
+                         train_examples=EXAMPLES)
+    out = method.episode(ctx)
+    (samples,) = out.values()
+    assert set(out) == {"policy"} and samples.num_samples == 8  # 4 answers + 4 feedback replies
+    conversation_groups, feedback_groups = set(samples.group_ids_n[:4]), set(samples.group_ids_n[4:])
+    assert not conversation_groups & feedback_groups  # the roles' samples are never compared with each other
+    assert all(t == FINE for t in samples.texts[4:])

@@ -208,7 +208,7 @@ def eval_table(before: Mapping[str, float], after: Mapping[str, float]) -> str:
 
 
 REPORT_CURVES = ("reward/mean", "loss/kl", "loss/entropy", "response/length_mean", "perf/tokens_per_s",
-                 "rollout/failed")
+                 "rollout/failed", "episode/parse_rate", "episode/label_acc", "episode/ftr")
 HIDDEN_WHEN_ZERO = ("loss/kl",)  # a run without a KL term gets no flat-zero KL panel
 
 

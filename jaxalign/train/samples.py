@@ -104,7 +104,8 @@ def left_pad(rows: Sequence[Sequence[int]], pad_id: int = 0, width: int | None =
 
 def concat(parts: Sequence[Samples], *, stats: Mapping[str, float] | None = None) -> Samples:
     """Several `Samples` of one agent as one (contexts left-padded and responses right-padded to the widest;
-    group ids kept as they are, so parts must not reuse each other's ids)."""
+    group ids kept as they are, so parts must not reuse each other's ids; a component some parts lack is
+    NaN on their rows)."""
     if len(parts) == 1:
         return parts[0] if stats is None else dataclasses.replace(parts[0], stats=dict(stats))
     c_width = max(p.context_ids_np.shape[1] for p in parts)
@@ -114,7 +115,7 @@ def concat(parts: Sequence[Samples], *, stats: Mapping[str, float] | None = None
         extra = width - x.shape[1]
         return np.pad(x, ((0, 0), (extra, 0) if left else (0, extra)))
 
-    keys = list(parts[0].components)
+    keys = list(dict.fromkeys(k for p in parts for k in p.components))  # a part without a key gets NaN there
     return Samples(
         context_ids_np=np.concatenate([pad(p.context_ids_np, c_width, True) for p in parts]),
         context_mask_np=np.concatenate([pad(p.context_mask_np, c_width, True) for p in parts]),
@@ -124,7 +125,9 @@ def concat(parts: Sequence[Samples], *, stats: Mapping[str, float] | None = None
         rewards_n=np.concatenate([p.rewards_n for p in parts]),
         ok_n=np.concatenate([p.ok_n for p in parts]),
         group_ids_n=np.concatenate([p.group_ids_n for p in parts]),
-        components={k: np.concatenate([np.asarray(p.components[k], np.float32) for p in parts]) for k in keys},
+        components={k: np.concatenate([np.asarray(p.components[k], np.float32) if k in p.components
+                                        else np.full(p.num_samples, np.nan, np.float32) for p in parts])
+                    for k in keys},
         texts=tuple(t for p in parts for t in p.texts),
         examples=tuple(e for p in parts for e in p.examples),
         finish_reasons=tuple(f for p in parts for f in p.finish_reasons),
