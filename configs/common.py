@@ -143,11 +143,11 @@ def critic_section(mode: str = "separate", *, head_init_std: float = 0.0, critic
                                           critic_warmup_steps=critic_warmup_steps, optim=optim))
 
 
-def rlev_section(reward: str = "human_aligned", dataset: str = "embedded", **fields) -> ml_collections.ConfigDict:
+def rlev_section(reward: str = "human", dataset: str = "embedded", **fields) -> ml_collections.ConfigDict:
     """The `rlev` method section: every field of the RLEV method's `RLEVConfig` (defaults, then `reward`,
     `dataset` and `fields`), so each can be overridden with `--config.rlev.<field>=...`.
 
-    `reward`: human_aligned (the paper's s(x) = 1 + min(alpha * v, 1)) or an ablation (correctness, uniform,
+    `reward`: human (the paper's s(x) = 1 + min(alpha * v, 1)) or an ablation (correctness, uniform,
     random, multiplicative); `dataset`: embedded (offline exam set), rlev, webinstruct or a local path.
     Verification: `verifier` rule (default), model or rule_or_model, with `judge_model` (required unless
     rule: an HF directory, a .gguf file or smollm2-135m-instruct) and the `judge_*` sampling settings

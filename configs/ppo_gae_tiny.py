@@ -12,6 +12,9 @@ import common
 import tiny_test
 
 
+VARIANTS = ("separate", "shared")  # `--config=configs/ppo_gae_tiny.py:<variant>`
+
+
 def get_config(arg=None):
     c = tiny_test.get_config("gae")  # the same toy task, model and schedule as the tiny smoke test
     c.algorithm.advantage.gamma = 1.0

@@ -11,6 +11,9 @@ temperature 1.0. The baseline is `--config.rlev.reward=correctness`.
 import common
 
 
+VARIANTS = ("reinforce_pp", "rloo", "grpo")  # `--config=configs/rlev_qwen25_7b_tpu.py:<variant>`
+
+
 def get_config(arg=None):
     c = common.base_config()
     c.method = "rlev"

@@ -15,6 +15,9 @@ policy's (exact with one mini-batch and one epoch): on 2 CPU cores each forward 
 import common
 
 
+VARIANTS = ("reinforce_pp", "rloo", "grpo")  # `--config=configs/rlev_smollm2_demo.py:<variant>`
+
+
 def get_config(arg=None):
     c = common.base_config()
     c.method = "rlev"

@@ -11,6 +11,9 @@ import common
 import ml_collections
 
 
+VARIANTS = ("grpo", "rloo", "reinforce_pp")  # `--config=configs/tiny_test.py:<variant>`
+
+
 def get_config(arg=None):
     c = common.base_config()
     c.method = "toy_token"

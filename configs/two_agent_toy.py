@@ -11,6 +11,9 @@ import common
 import ml_collections
 
 
+VARIANTS = ("staged",)  # `--config=configs/two_agent_toy.py:<variant>`
+
+
 def get_config(arg=None):
     c = common.base_config()
     c.method = "two_agent_toy"

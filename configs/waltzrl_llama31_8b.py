@@ -54,6 +54,9 @@ ORBENCH = dict(source="bench-llm/or-bench", name="or-bench-80k", split="train", 
                eval_name="or-bench-hard-1k", eval_split=None, harmful=False)
 
 
+VARIANTS = ("gpu8",)  # `--config=configs/waltzrl_llama31_8b.py:<variant>`
+
+
 def get_config(arg=None):
     c = common.base_config()
     c.method = "waltzrl"

@@ -13,6 +13,9 @@ import common
 import ml_collections
 
 
+VARIANTS = ("single", "collab")  # `--config=configs/waltzrl_smollm2_demo.py:<variant>`
+
+
 def get_config(arg=None):
     c = common.base_config()
     c.method = "waltzrl"

@@ -187,8 +187,8 @@ class HelpFormatter(argparse.HelpFormatter):
     def _get_help_string(self, action):
         text = action.help or ""
         default = action.default
-        if (default is None or default is False or default == [] or default is argparse.SUPPRESS or not action.option_strings
-                or "default" in text.lower() or isinstance(action, argparse._VersionAction)):
+        if (default is None or default is False or default == [] or default is argparse.SUPPRESS
+                or not action.option_strings or "default" in text.lower()):
             return text
         return f"{text} (default: {default})" if text else f"(default: {default})"
 

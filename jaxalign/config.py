@@ -633,8 +633,8 @@ def _validate_critic(agent: AgentSpec, train_steps: int) -> None:
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
     """Loads `path/to/config.py[:variant]` by calling its `get_config(variant)`; returns a locked ConfigDict.
 
-    A variant the file does not accept is a `ConfigError` listing the variants it does accept, written as
-    `--config` takes them (`config_variants`); so is a variant given to a file that ignores its argument.
+    A config file lists its variants in a module-level `VARIANTS` tuple (empty or absent: none). A variant
+    the file does not list is a `ConfigError` naming the valid ones as `--config` takes them.
     """
     import pathlib
 
@@ -645,15 +645,13 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     module = _load_config_module(file)
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path!r} has no get_config(arg=None) function")
-    arg = arg or None
-    try:
-        cd = _call_get_config(module, file, arg)
-    except (ValueError, KeyError, TypeError) as e:
-        if arg is None:
-            raise
-        raise ConfigError(f"{path} has no variant {arg!r}; {_variants_hint(module, file, path, e)}") from None
-    if arg is not None and _ignores_argument(module, file, cd):
-        raise ConfigError(f"{path} has no variants (its get_config ignores the argument {arg!r}); use --config={path}")
+    variants = tuple(getattr(module, "VARIANTS", ()))
+    if arg and arg not in variants:
+        valid = ", ".join([path] + [f"{path}:{v}" for v in variants])
+        raise ConfigError(f"{path} has no variant {arg!r}; valid: {valid}" if variants else
+                          f"{path} has no variants; use --config={path}")
+    with _config_dir_on_path(file):
+        cd = module.get_config(arg or None)
     if not isinstance(cd, ml_collections.ConfigDict):
         raise ConfigError(f"{path}: get_config must return an ml_collections.ConfigDict, got {type(cd).__name__}")
     cd.lock()
@@ -684,93 +682,6 @@ def _config_dir_on_path(file):
             sys.path.remove(directory)
 
     return ctx()
-
-
-def _call_get_config(module, file, arg):
-    with _config_dir_on_path(file):
-        return module.get_config(arg)
-
-
-_NO_SUCH_VARIANT = "__jaxalign_no_such_variant__"
-
-
-def _config_json(cd) -> str | None:
-    return cd.to_json_best_effort(sort_keys=True) if isinstance(cd, ml_collections.ConfigDict) else None
-
-
-def _ignores_argument(module, file, given) -> bool:
-    """Whether `get_config` accepts any argument and returns its default config for it (it ignores it)."""
-    try:
-        probe = _call_get_config(module, file, _NO_SUCH_VARIANT)
-        default = _call_get_config(module, file, None)
-    except Exception:  # noqa: BLE001 - a file that rejects an unknown variant validates its argument
-        return False
-    return _config_json(probe) == _config_json(default) == _config_json(given)
-
-
-def config_variants(path: str) -> list[str] | None:
-    """The variants a config file accepts, as `--config` takes them (`path`, `path:variant`, ...).
-
-    A file may list them in a module-level `VARIANTS` tuple; otherwise they are found by trying the names
-    that appear as strings in the file and in the config modules it imports from its directory (e.g. the
-    estimator presets of `common.py`). None when the file takes any argument (its variants cannot be listed).
-    """
-    import pathlib
-
-    file = pathlib.Path(path)
-    module = _load_config_module(file)
-    return _variants(module, file, path)
-
-
-def _variants(module, file, path: str) -> list[str] | None:
-    declared = getattr(module, "VARIANTS", None)
-    if declared is not None:
-        names = [str(v) for v in declared if v]
-    else:
-        try:
-            _call_get_config(module, file, _NO_SUCH_VARIANT)
-            return None  # anything goes (or is ignored): nothing to list
-        except Exception:  # noqa: BLE001
-            pass
-        names = []
-        for candidate in sorted(_candidate_names(file)):
-            try:
-                _call_get_config(module, file, candidate)
-            except Exception:  # noqa: BLE001 - not a variant of this file
-                continue
-            names.append(candidate)
-    return [f"{path} (default)"] + [f"{path}:{name}" for name in sorted(set(names))]
-
-
-def _candidate_names(file) -> set[str]:
-    """Identifier-like string constants of a config file and of the sibling modules it imports."""
-    import ast
-    import re
-
-    pattern = re.compile(r"[A-Za-z][A-Za-z0-9_.-]{0,40}$")
-    names: set[str] = set()
-    files, seen = [file], set()
-    while files:
-        current = files.pop()
-        if current in seen or not current.is_file():
-            continue
-        seen.add(current)
-        tree = ast.parse(current.read_text())
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Constant) and isinstance(node.value, str) and pattern.match(node.value):
-                names.add(node.value)
-            elif isinstance(node, ast.Import):
-                files += [current.parent / f"{alias.name}.py" for alias in node.names]
-            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
-                files.append(current.parent / f"{node.module}.py")
-    return names
-
-
-def _variants_hint(module, file, path: str, error: Exception) -> str:
-    variants = _variants(module, file, path)
-    if variants:
-        return "valid: " + ", ".join(variants)
-    return f"get_config said: {error}"
 
 
 def _parse_value(text: str, current: Any, key: str) -> Any:

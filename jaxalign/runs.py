@@ -142,13 +142,30 @@ def record_changes(workdir: str | pathlib.Path, config: ExperimentConfig, plan: 
     if not plan.changes:
         return
     path = workdir_path(workdir)
-    entry = {"step": plan.latest_step, "time": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    entry = {"step": plan.latest_step, "time": now,
              "changes": [{"field": c.field, "old": None if c.old is _ABSENT else c.old,
                           "new": None if c.new is _ABSENT else c.new} for c in plan.changes]}
     history = path / HISTORY_FILE
     previous = history.read_text() if history.exists() else ""
-    history.write_text(previous + json.dumps(entry, sort_keys=True) + "\n")
-    (path / CONFIG_FILE).write_text(config.to_json())
+    _write_whole(history, previous + json.dumps(entry, sort_keys=True) + "\n")
+    _write_whole(path / CONFIG_FILE, config.to_json())
+
+
+def _write_whole(path, text: str) -> None:
+    """Replaces a file at once, so that another process (a host of a multi-host run) reading it meanwhile
+    sees the old or the new text, never a part (object stores replace objects whole anyway)."""
+    import os
+
+    from jaxalign.train.checkpoint import is_local
+
+    if not is_local(path):
+        path.write_text(text)
+        return
+    temporary = f"{os.fspath(path)}.tmp{os.getpid()}"
+    with open(temporary, "w") as f:
+        f.write(text)
+    os.replace(temporary, os.fspath(path))
 
 
 def train(config: ExperimentConfig, workdir: str | pathlib.Path, *, allow_config_change: bool = False):
@@ -243,8 +260,13 @@ def evaluate_checkpoint(config: ExperimentConfig, workdir: str | pathlib.Path | 
     method.apply_stage(config.stage_at(config.train.steps)[1].overrides)
     method.setup(agents)
     _, eval_examples = method.load_data()
+    count = min(config.train.eval_examples or len(eval_examples), len(eval_examples))
+    log.info("eval: %d examples, greedy (the first batch compiles)", count)
+    start = time.perf_counter()
     with RewardPool(config.rewards.num_workers, config.rewards.timeout_s) as pool:
-        return evaluate(config, method, agents, pool, eval_examples, batching.PromptCounters())
+        metrics = evaluate(config, method, agents, pool, eval_examples, batching.PromptCounters())
+    log.info("eval done in %.1f s", time.perf_counter() - start)
+    return metrics
 
 
 def export_checkpoint(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, agent: str | None = None) -> str:

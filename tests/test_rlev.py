@@ -210,10 +210,13 @@ def test_eos_probability_by_value():
 
 
 def test_config_from_dicts_configdicts_and_errors():
-    cd = ml_collections.FrozenConfigDict(ml_collections.ConfigDict(dict(reward="human_aligned", alpha=5.0,
+    cd = ml_collections.FrozenConfigDict(ml_collections.ConfigDict(dict(reward="human", alpha=5.0,
                                                                         dataset="embedded")))
     config = RLEVConfig.from_dict(cd)
-    assert (config.reward, config.alpha, config.dataset) == ("human", 5.0, "embedded_exam")
+    assert (config.reward, config.alpha, config.dataset) == ("human", 5.0, "embedded")
+    for field, old, new in (("reward", "human_aligned", "human"), ("dataset", "embedded_exam", "embedded")):
+        with pytest.raises(ValueError, match=f"rlev.{field}='{old}' is now called '{new}'"):
+            RLEVConfig.from_dict({field: old})
     assert RLEVConfig.from_dict(None) == RLEVConfig()
     with pytest.raises(ValueError, match="unknown keys \\['alfa'\\]"):
         RLEVConfig.from_dict({"alfa": 1.0})

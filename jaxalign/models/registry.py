@@ -35,7 +35,8 @@ class ModelSpecError(ConfigError, FileNotFoundError):
 
 def _accepted() -> str:
     return ("a local HF model directory (with config.json), a path to a .gguf file, "
-            f"the alias {', '.join(sorted(ALIASES))}, or random:<preset> with preset one of {', '.join(sorted(PRESETS))}")
+            f"the alias {', '.join(sorted(ALIASES))}, or random:<preset> with preset one of "
+            f"{', '.join(sorted(PRESETS))}")
 
 
 def check_model_spec(spec: str, *, what: str = "") -> None:

@@ -45,6 +45,7 @@ class EpisodeContext:
       timer: phase timer (`generate`, `reward`, `judge`, ... in seconds).
       counters: overlong-prompt counters (truncated, dropped).
       stream, train_examples: the training data in its resumable order (None in eval).
+      progress: show a progress bar over long loops (eval batches).
     """
 
     agents: Mapping[str, Any]
@@ -55,6 +56,14 @@ class EpisodeContext:
     counters: batching.PromptCounters = dataclasses.field(default_factory=batching.PromptCounters)
     stream: batching.DataStream | None = None
     train_examples: Sequence[Example] = ()
+    progress: bool = False
+
+    def batches(self, count: int, size: int, desc: str = "eval"):
+        """`range(0, count, size)` with a progress bar over the batches when `progress` is on."""
+        from tqdm.auto import tqdm
+
+        return tqdm(range(0, count, size), desc=desc, unit="batch", disable=not self.progress or count <= size,
+                    leave=False, dynamic_ncols=True)
 
     def only_agent(self) -> Any:
         """The agent of a single-agent run."""
@@ -239,7 +248,7 @@ def single_turn_eval(method, examples: Sequence[Example], ctx: EpisodeContext, a
         return {}
     texts, lengths = [], []
     sp = sampling_params(r, greedy=True, n=1)
-    for start in range(0, len(prompts), r.samples_per_step):
+    for start in ctx.batches(len(prompts), r.samples_per_step):
         rollout = agent.sampler.generate(prompts[start:start + r.samples_per_step], sp, jax.random.key(0))
         texts += response_texts(rollout, agent.tokenizer)
         lengths.append(rollout.lengths_n)

@@ -60,7 +60,8 @@ def evaluate(config: ExperimentConfig, method, agents, pool, eval_examples, coun
     examples = list(eval_examples[: config.train.eval_examples or len(eval_examples)])
     if not examples:
         return {}
-    ctx = EpisodeContext(agents=agents, pool=pool, key=jax.random.key(0), counters=counters)
+    ctx = EpisodeContext(agents=agents, pool=pool, key=jax.random.key(0), counters=counters,
+                         progress=config.logging.progress and jax.process_index() == 0)
     out = method.eval_episode(examples, ctx)
     return {k if k.startswith("eval/") else f"eval/{k}": float(v) for k, v in out.items()}
 

@@ -13,8 +13,8 @@ VALUE_SOURCES = ("ground_truth", "weak", "predicted")
 VERIFIERS = ("rule", "model", "rule_or_model")
 JUDGE_DTYPES = ("bfloat16", "float16", "float32")
 HUB_DATASETS = {"rlev": ("sarosavo/RLEV", "rlev"), "webinstruct": ("TIGER-Lab/WebInstruct-verified", "webinstruct")}
-_REWARD_ALIASES = {"human_aligned": "human", "baseline": "correctness"}
-_DATASET_ALIASES = {"embedded": "embedded_exam"}
+# Former names of option values: one name per value now, and the old one says which.
+_RENAMED = {"reward": {"human_aligned": "human", "baseline": "correctness"}, "dataset": {"embedded_exam": "embedded"}}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,10 +22,10 @@ class RLEVConfig:
     """The `rlev` config section.
 
     Attributes:
-      reward: reward mode, one of REWARD_MODES ("human_aligned" is accepted for "human").
+      reward: reward mode, one of REWARD_MODES.
       alpha: value scale in s(x) = 1 + min(alpha * v, 1).
       value_source: where training values come from, one of VALUE_SOURCES.
-      dataset: "embedded_exam" (alias "embedded"), "rlev" or "webinstruct" (hub names, read from the local
+      dataset: "embedded" (the generated exam set), "rlev" or "webinstruct" (hub names, read from the local
         cache), a local data file or dataset folder, or `tfds:<name>` (TensorFlow Datasets).
       schema: row schema of a local dataset: "auto", "rlev" or "webinstruct".
       hub_config: dataset configuration (subset) name, e.g. a language.
@@ -50,7 +50,7 @@ class RLEVConfig:
     reward: str = "human"
     alpha: float = 10.0
     value_source: str = "ground_truth"
-    dataset: str = "embedded_exam"
+    dataset: str = "embedded"
     schema: str = "auto"
     hub_config: str | None = None
     train_split: str = "train"
@@ -71,8 +71,10 @@ class RLEVConfig:
     judge_dtype: str = "bfloat16"
 
     def __post_init__(self):
-        object.__setattr__(self, "reward", _REWARD_ALIASES.get(self.reward, self.reward))
-        object.__setattr__(self, "dataset", _DATASET_ALIASES.get(self.dataset, self.dataset))
+        for field, renamed in _RENAMED.items():
+            if getattr(self, field) in renamed:
+                raise ValueError(f"rlev.{field}={getattr(self, field)!r} is now called "
+                                 f"{renamed[getattr(self, field)]!r}; use that name")
         if self.reward not in REWARD_MODES:
             raise ValueError(f"rlev.reward: unknown mode {self.reward!r}; known: {', '.join(REWARD_MODES)}")
         if self.value_source not in VALUE_SOURCES:
@@ -83,8 +85,8 @@ class RLEVConfig:
         for name in ("num_train", "num_eval"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"rlev.{name} must be an int >= 0, got {getattr(self, name)!r}")
-        if self.dataset == "embedded_exam" and (self.num_train == 0 or self.num_eval == 0):
-            raise ValueError("rlev.num_train and rlev.num_eval must be > 0 for the generated embedded_exam set")
+        if self.dataset == "embedded" and (self.num_train == 0 or self.num_eval == 0):
+            raise ValueError("rlev.num_train and rlev.num_eval must be > 0 for the generated embedded exam set")
         if self.schema not in ("auto", "rlev", "webinstruct"):
             raise ValueError(f"rlev.schema must be 'auto', 'rlev' or 'webinstruct', got {self.schema!r}")
         self._check_judge()

@@ -66,7 +66,7 @@ def _take(examples: list[Example], count: int) -> list[Example]:
 def load_splits(cfg: RLEVConfig, report: MutableMapping[str, Any]) -> tuple[list[Example], list[Example]]:
     """(train, held_out) examples of `cfg.dataset`, cut to `num_train`/`num_eval`; for a loaded dataset,
     each split's parse report goes to `report["rows"]`."""
-    if cfg.dataset == "embedded_exam":
+    if cfg.dataset == "embedded":
         return make_exam_set(cfg.seed, cfg.num_train, cfg.num_eval)
     source, schema = HUB_DATASETS.get(cfg.dataset, (cfg.dataset, cfg.schema))
     rows_report: dict[str, Any] = {}

@@ -222,5 +222,5 @@ class WaltzRLMethod(Method):
             return {}
         batch = conversation.spec.rollout.samples_per_step
         parts = [self._episode_arrays(self._play(ctx, kept[i:i + batch], prompt_ids[i:i + batch], greedy=True))
-                 for i in range(0, len(kept), batch)]
+                 for i in ctx.batches(len(kept), batch)]
         return self._metrics_of({k: np.concatenate([p[k] for p in parts]) for k in parts[0]})
