@@ -25,6 +25,7 @@ def get_config(arg=None):
     c.rollout.samples_per_prompt = 1
     c.rollout.max_prompt_len = 512
     c.rollout.max_new_tokens = 48
+    c.rollout.temperature = 0.7  # a 135M model at temperature 1 rarely writes a parsable JSON object
     c.algorithm.micro_batches = 1  # micro-batches change memory, not the maths (token-weighted losses add up exactly)
     c.algorithm.loss.logprob_chunk_size = 64
     c.optim.learning_rate = 5e-6
@@ -34,7 +35,10 @@ def get_config(arg=None):
     c.rewards.num_workers = 0
     c.waltzrl = ml_collections.ConfigDict(dict(dataset="embedded", t_max=1, alpha=0.65, lam=0.25, gamma=0.1,
                                                feedback_reward="dir_label", conversation_sample="mix",
-                                               p_tau_a=0.5, judge="rule", seed=0))
+                                               p_tau_a=0.5, judge="rule", seed=0,
+                                               # SmolLM2-135M does not open the JSON object on its own (parse
+                                               # rate 0 without this); the paper's 8B model needs no prefix.
+                                               feedback_prefix='{"reasoning": "', feedback_stop="}"))
     # The feedback agent writes a JSON object: give it more tokens per turn.
     c.agents = ml_collections.ConfigDict({
         "conversation": ml_collections.ConfigDict({}),

@@ -158,3 +158,27 @@ def test_shared_policy_plays_both_roles_in_one_batch(tokenizer):
     conversation_groups, feedback_groups = set(samples.group_ids_n[:4]), set(samples.group_ids_n[4:])
     assert not conversation_groups & feedback_groups  # the roles' samples are never compared with each other
     assert all(t == FINE for t in samples.texts[4:])
+
+
+def test_feedback_prefix_is_context_and_part_of_the_parsed_reply(tokenizer):
+    prefix = '{"reasoning": "'
+
+    def continuation(context):  # the scripted model continues after the prefix it was given
+        assert context.endswith(prefix)
+        return FLAG[len(prefix):] if "I can't help with that" in context else FINE[len(prefix):]
+
+    conversation = _agent("conversation", tokenizer, conversation_reply)
+    feedback = _agent("feedback", tokenizer, continuation)
+    agents = {"conversation": conversation, "feedback": feedback}
+    method = WaltzRLMethod(dict(conversation_sample="tau_b", feedback_prefix=prefix), judge=RuleJudge())
+    stream = batching.DataStream(len(EXAMPLES), seed=0)
+    stream._order, stream._cached_epoch = np.arange(4), 0
+    ctx = EpisodeContext(agents=agents, pool=None, key=jax.random.key(0), step=1, stream=stream,
+                         train_examples=EXAMPLES)
+    fb = method.episode(ctx)["feedback"]
+    # Every reply parses with the prefix put back; the trained response is the continuation alone.
+    np.testing.assert_array_equal(fb.components["format"], [1.0, 1.0, 1.0, 1.0])
+    assert fb.texts[0] == FLAG[len(prefix):]
+    context = tokenizer.decode(fb.context_ids_np[0][fb.context_mask_np[0].astype(bool)], skip_special_tokens=False)
+    assert context.endswith(prefix)
+    assert len(conversation.sampler.seen) == 5  # the flagged refusal was revised

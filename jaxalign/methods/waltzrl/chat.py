@@ -168,8 +168,8 @@ def format_record(record: dict[str, Any], *, title: str | None = None) -> str:
 
 
 def collaborate(roles: dict[str, Any], prompts: Sequence[str], key: Any, *, t_max: int, greedy: bool,
-                judge: Any = None, harmful: bool = False, batch_size: int = 16, counters: Any = None
-                ) -> Iterator[dict[str, Any]]:
+                judge: Any = None, harmful: bool = False, batch_size: int = 16, counters: Any = None,
+                feedback_prefix: str = "", feedback_stop: str = "") -> Iterator[dict[str, Any]]:
     """Plays WaltzRL on `prompts` with `roles` ("conversation", and "feedback" when `t_max` >= 1), in
     batches of `batch_size` prompts, and yields one `collaboration_records` record per prompt, in order.
     `judge` None labels nothing; `harmful` is every prompt's harmfulness as the judge sees it."""
@@ -191,7 +191,8 @@ def collaborate(roles: dict[str, Any], prompts: Sequence[str], key: Any, *, t_ma
                                                              add_generation_prompt=True)
             prompt_ids.append(batching.fit_prompt(ids, r.max_prompt_len, "truncate", counters))
         played = play(roles, judge if judge is not None else NoJudge(), examples, prompt_ids,
-                      jax.random.fold_in(key, start), t_max=t_max, greedy=greedy, counters=counters)
+                      jax.random.fold_in(key, start), t_max=t_max, greedy=greedy, counters=counters,
+                      feedback_prefix=feedback_prefix, feedback_stop=feedback_stop)
         yield from collaboration_records(played, t_max=t_max, judged=judge is not None)
 
 
@@ -249,8 +250,9 @@ def _model_roles(args, t_max: int) -> dict[str, RoleAgent]:
     return roles
 
 
-def _run_roles(args) -> tuple[dict[str, RoleAgent], int]:
-    """Role agents of a trained run (`--workdir`) and the run's t_max."""
+def _run_roles(args) -> tuple[dict[str, RoleAgent], Any]:
+    """Role agents of a trained run (`--workdir`) and the run's `WaltzRLConfig` (t_max, feedback prefix and
+    stop)."""
     from jaxalign.methods.base import build_method
     from jaxalign.runs import restored_agents, run_config
 
@@ -276,7 +278,7 @@ def _run_roles(args) -> tuple[dict[str, RoleAgent], int]:
             changes.update(max_new_tokens=new_tokens[role], eval_max_new_tokens=new_tokens[role])
         rollout = dataclasses.replace(agent.spec.rollout, **changes)
         roles[role] = RoleAgent(name, agent.sampler, agent.tokenizer, argparse.Namespace(rollout=rollout))
-    return roles, method.config.t_max
+    return roles, method.config
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -315,18 +317,20 @@ def cmd_chat(args: argparse.Namespace, config_spec: Any = None, overrides: Any =
     prompts = read_prompts(args)
     if not prompts:
         raise UsageError(f"--prompts-file {args.prompts_file} has no prompts")
+    protocol = {}
     if models:
         roles = _model_roles(args, t_max)
     else:
-        roles, run_t_max = _run_roles(args)
-        t_max = run_t_max if args.t_max is None else args.t_max
+        roles, run_config = _run_roles(args)
+        t_max = run_config.t_max if args.t_max is None else args.t_max
+        protocol = dict(feedback_prefix=run_config.feedback_prefix, feedback_stop=run_config.feedback_stop)
         if t_max >= 1 and "feedback" not in roles:
             raise UsageError(f"the run in {args.workdir} has no feedback agent (waltzrl.t_max = 0); "
                              "use --t-max 0")
     judge = build_safety_judge("rule") if args.judge == "rule" else None
     counters = batching.PromptCounters()
     records = collaborate(roles, prompts, jax.random.key(args.seed), t_max=t_max, greedy=args.greedy, judge=judge,
-                          harmful=args.harmful, batch_size=args.batch_size or 16, counters=counters)
+                          harmful=args.harmful, batch_size=args.batch_size or 16, counters=counters, **protocol)
     for i, record in enumerate(records):
         if args.json:
             print(json.dumps(record, ensure_ascii=False), flush=True)

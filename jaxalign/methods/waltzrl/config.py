@@ -22,6 +22,10 @@ class WaltzRLConfig:
       alpha, lam, gamma: the feedback reward's DIR, label and format weights (lam is 0 in stage 2).
       feedback_reward: "dir_label" (the paper), "no_dir" or "dir_only" (ablations).
       conversation_sample: "mix" (tau_A with probability p_tau_a, else tau_B), "tau_a" or "tau_b".
+      feedback_prefix: text the feedback agent's reply starts with (context, not trained on; parsed with the
+        reply), e.g. '{"reasoning": "' for a small model that does not open the JSON object on its own.
+        "" (the paper) by default.
+      feedback_stop: a string that ends the feedback reply, e.g. "}" (the object is flat); "" = none.
       judge, judge_model, judge_max_new_tokens, judge_dtype: the safety judge ("rule" needs no model).
       seed: the reduction's random choices (per step, folded with the step).
     """
@@ -40,6 +44,8 @@ class WaltzRLConfig:
     feedback_reward: str = "dir_label"
     conversation_sample: str = "mix"
     p_tau_a: float = 0.5
+    feedback_prefix: str = ""
+    feedback_stop: str = ""
     judge: str = "rule"
     judge_model: str = ""
     judge_max_new_tokens: int = 64

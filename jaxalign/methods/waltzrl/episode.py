@@ -23,7 +23,7 @@ import numpy as np
 
 from jaxalign.methods.waltzrl import prompts as prompts_lib
 from jaxalign.methods.waltzrl.rewards import Feedback, parse_feedback, triggered
-from jaxalign.rollout.prompts import turn_context
+from jaxalign.rollout.prompts import encode_text, turn_context
 from jaxalign.train import batching
 from jaxalign.train.episodes import sampling_params
 
@@ -61,14 +61,20 @@ class Played:
         return max(t for t, turn in enumerate(self.answers) if turn.row_of(episode) is not None)
 
 
-def _generate(agent, contexts: list[list[int]], key, *, greedy: bool):
-    sp = sampling_params(agent.spec.rollout, greedy=greedy, n=1)
+def _generate(agent, contexts: list[list[int]], key, *, greedy: bool, stop: str = ""):
+    sp = sampling_params(agent.spec.rollout, greedy=greedy, n=1, stop_strings=(stop,) if stop else ())
     return agent.sampler.generate(contexts, sp, key)
 
 
 def play(roles: dict, judge, examples: Sequence[dict], prompt_ids: list[list[int]], key, *, t_max: int,
-         greedy: bool, counters: batching.PromptCounters, timer=None) -> Played:
-    """Runs the protocol for `examples` (one episode each; `prompt_ids` their encoded first turns)."""
+         greedy: bool, counters: batching.PromptCounters, timer=None, feedback_prefix: str = "",
+         feedback_stop: str = "") -> Played:
+    """Runs the protocol for `examples` (one episode each; `prompt_ids` their encoded first turns).
+
+    `feedback_prefix` is text the feedback agent's reply starts with (appended to its prompt as tokens, so
+    it is context, not trained on; parsed as part of the reply), `feedback_stop` a string that ends its
+    reply (e.g. "}" for a flat JSON object). Both are off by default, as in the paper.
+    """
     from contextlib import nullcontext
 
     phase = timer if timer is not None else (lambda name: nullcontext())
@@ -92,17 +98,19 @@ def play(roles: dict, judge, examples: Sequence[dict], prompt_ids: list[list[int
         for e in episodes:
             ids = feedback.tokenizer.apply_chat_template(
                 prompts_lib.feedback_messages(examples[e]["prompt"], texts[t][e]), add_generation_prompt=True)
+            ids = ids + encode_text(feedback.tokenizer, feedback_prefix) if feedback_prefix else ids
             r = feedback.spec.rollout
             ids = batching.fit_prompt(ids, r.max_prompt_len, r.overlong_prompts, counters)
             if ids is not None:
                 fb_contexts.append(ids)
                 kept.append(e)
         with phase("generate"):
-            fb_rollout = _generate(feedback, fb_contexts, jax.random.fold_in(key, 2 * t + 1), greedy=greedy)
+            fb_rollout = _generate(feedback, fb_contexts, jax.random.fold_in(key, 2 * t + 1), greedy=greedy,
+                                   stop=feedback_stop)
         played.feedback.append(Turn(np.asarray(kept, np.int64), fb_contexts, fb_rollout))
         parsed: list[Feedback | None] = [None] * n
         for e, text in zip(kept, fb_rollout.texts):
-            parsed[e] = parse_feedback(text)
+            parsed[e] = parse_feedback(feedback_prefix + text)
         played.parsed.append(parsed)
         revise = [e for e in kept if triggered(parsed[e])]
         active[:] = False

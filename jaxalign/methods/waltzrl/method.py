@@ -112,8 +112,10 @@ class WaltzRLMethod(Method):
         return {role: agents[name] for role, name in self.config.roles.items()}
 
     def _play(self, ctx, examples, prompt_ids, *, greedy: bool) -> Played:
-        return play(self._roles(ctx.agents), self.judge, examples, prompt_ids, ctx.key, t_max=self.config.t_max,
-                    greedy=greedy, counters=ctx.counters, timer=ctx.timer)
+        c = self.config
+        return play(self._roles(ctx.agents), self.judge, examples, prompt_ids, ctx.key, t_max=c.t_max,
+                    greedy=greedy, counters=ctx.counters, timer=ctx.timer, feedback_prefix=c.feedback_prefix,
+                    feedback_stop=c.feedback_stop)
 
     def episode(self, ctx) -> dict[str, Samples]:
         from jaxalign.train.episodes import encoder
