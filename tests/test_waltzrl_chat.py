@@ -162,9 +162,12 @@ def test_cli_prints_a_revision(tokenizer, monkeypatch, capsys):
 
 def test_workdir_maps_roles_and_keeps_the_run_settings(tokenizer, monkeypatch, tmp_path, capsys):
     import jaxalign.runs as runs
-    from jaxalign.config import from_config_dict, load_config_file
+    from jaxalign.config import apply_overrides, from_config_dict, load_config_file
 
-    config = from_config_dict(load_config_file("configs/waltzrl_smollm2_demo.py"), num_devices=1)
+    # The scripted feedback writes whole JSON objects: no reply prefix (the demo config sets one).
+    cd = apply_overrides(load_config_file("configs/waltzrl_smollm2_demo.py"),
+                         {"waltzrl.feedback_prefix": "", "waltzrl.feedback_stop": ""})
+    config = from_config_dict(cd, num_devices=1)
     agents = {name: types.SimpleNamespace(sampler=ScriptedSampler(tokenizer, reply), tokenizer=tokenizer,
                                           spec=config.agents[name])
               for name, reply in (("conversation", conversation_reply), ("feedback", feedback_reply))}
