@@ -20,6 +20,9 @@ def get_config(arg=None):
     c = common.base_config()
     c.method = "waltzrl"
     c.model.spec = "smollm2-135m-instruct"
+    # Two trained agents with references on a 24 GB machine: recompute activations in the backward pass
+    # (without it, the process was killed for memory at about 17 GB).
+    c.model.remat = True
     common.set_estimator(c, "reinforce_pp")
     c.rollout.prompts_per_step = 8
     c.rollout.samples_per_prompt = 1
