@@ -30,7 +30,7 @@ import jax
 import numpy as np
 
 from jaxalign.train import batching, metrics as metrics_lib
-from jaxalign.train.samples import Example, Samples, concat, left_pad
+from jaxalign.train.samples import Example, Samples, concat
 
 
 @dataclasses.dataclass
@@ -258,12 +258,3 @@ def single_turn_eval(method, examples: Sequence[Example], ctx: EpisodeContext, a
     if method.uses_judge:
         out["judge_failed"] = float(scored.judge_failed_n.sum())
     return out
-
-
-def token_contexts(prefix_ids: Sequence[Sequence[int]], response_ids_np: np.ndarray, response_mask_np: np.ndarray,
-                   pad_id: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """Token-level multi-turn contexts (no chat template): each row's prefix ids followed by its response
-    ids as sampled (masked tokens only), left-padded."""
-    rows = [list(p) + [int(t) for t in ids[mask.astype(bool)]]
-            for p, ids, mask in zip(prefix_ids, response_ids_np, response_mask_np)]
-    return left_pad(rows, pad_id)

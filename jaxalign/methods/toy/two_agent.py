@@ -21,10 +21,10 @@ import jax
 import numpy as np
 
 from jaxalign.methods.base import Method, config_section, register
-from jaxalign.train.episodes import sampling_params, token_contexts
+from jaxalign.methods.toy.token import PROMPT_ID_RANGE
+from jaxalign.train.episodes import sampling_params
 from jaxalign.train.samples import Example, Samples, left_pad
 
-PROMPT_ID_RANGE = (128, 256)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,16 +69,14 @@ class TwoAgentToy(Method):
         return (self._examples(self.config.num_train, self.config.seed),
                 self._examples(self.config.num_eval, self.config.seed + 1))
 
-    def _play(self, agents, examples: Sequence[Example], prompt_ids: list[list[int]], key, *, greedy: bool, n: int,
-              counters=None):
+    def _play(self, agents, prompt_ids: list[list[int]], key, *, greedy: bool, n: int):
         """Both turns: `a`'s rollout (n per prompt), then `b`'s rollout given prompt + `a`'s ids."""
         a, b = agents["a"], agents["b"]
         rollout_a = a.sampler.generate(prompt_ids, sampling_params(a.spec.rollout, greedy=greedy, n=n),
                                        jax.random.fold_in(key, 0))
-        prefixes = [prompt_ids[i // n] for i in range(len(prompt_ids) * n)]
-        context_ids, context_mask = token_contexts(prefixes, rollout_a.response_ids_np, rollout_a.response_mask_np)
-        contexts = [list(ids[mask.astype(bool)])[-b.spec.rollout.max_prompt_len:]
-                    for ids, mask in zip(context_ids, context_mask)]
+        # b's context: the prompt followed by a's response ids as sampled (no template: token level).
+        contexts = [(list(prompt_ids[i // n]) + ids[mask.astype(bool)].tolist())[-b.spec.rollout.max_prompt_len:]
+                    for i, (ids, mask) in enumerate(zip(rollout_a.response_ids_np, rollout_a.response_mask_np))]
         rollout_b = b.sampler.generate(contexts, sampling_params(b.spec.rollout, greedy=greedy, n=1),
                                        jax.random.fold_in(key, 1))
         t = self.config.target_below
@@ -91,7 +89,7 @@ class TwoAgentToy(Method):
         n = a.spec.rollout.samples_per_prompt
         examples, prompt_ids = ctx.next_prompts(a, lambda ex: list(ex["prompt_ids"]), a.spec.rollout.prompts_per_step)
         with ctx.timer("generate"):
-            rollout_a, rollout_b, contexts, f_a, f_b = self._play(ctx.agents, examples, prompt_ids, ctx.key,
+            rollout_a, rollout_b, contexts, f_a, f_b = self._play(ctx.agents, prompt_ids, ctx.key,
                                                                    greedy=False, n=n)
         w = self.config.partner_weight
         groups = np.repeat(np.arange(len(examples)), n).astype(np.int32)
@@ -114,5 +112,5 @@ class TwoAgentToy(Method):
 
     def eval_episode(self, examples: Sequence[Example], ctx) -> dict[str, float]:
         prompt_ids = [list(ex["prompt_ids"]) for ex in examples]
-        _, _, _, f_a, f_b = self._play(ctx.agents, examples, prompt_ids, ctx.key, greedy=True, n=1)
+        _, _, _, f_a, f_b = self._play(ctx.agents, prompt_ids, ctx.key, greedy=True, n=1)
         return {"a_target_fraction": float(f_a.mean()), "b_target_fraction": float(f_b.mean())}
