@@ -106,3 +106,42 @@ def sequence_logprobs(
     return logprobs_from_hidden(
         hidden_btd, w_dv, tokens_bt, valid_bt, temperature=temperature, chunk_size=chunk_size
     )
+
+
+def token_set_probs_from_hidden(
+    hidden_btd: jax.Array,
+    w_dv: jax.Array,
+    token_ids: tuple[int, ...],
+    valid_bt: jax.Array,
+    *,
+    chunk_size: int = 256,
+) -> jax.Array:
+    """`p_bt` float32: the probability mass the model puts on `token_ids` at each position,
+    `p_bt[:, t] = sum_k softmax(logits[:, t - 1])[k]` for k in `token_ids` (e.g. the stop tokens: how likely
+    stopping was before token t). 0 at t = 0 and wherever token t or its predecessor is not valid. Logits are
+    formed one time chunk at a time, as in `logprobs_from_hidden`."""
+    if hidden_btd.ndim != 3 or valid_bt.shape != hidden_btd.shape[:2]:
+        raise ValueError(f"expected hidden [b, t, d] and valid [b, t]; got {hidden_btd.shape}, {valid_bt.shape}")
+    if not token_ids:
+        raise ValueError("token_ids must name at least one token")
+    b, t, d = hidden_btd.shape
+    if t < 2:
+        return jnp.zeros((b, t), jnp.float32)
+    steps = t - 1
+    chunk = min(chunk_size, steps)
+    num_chunks = -(-steps // chunk)
+    pad = num_chunks * chunk - steps
+    w_dv = w_dv.astype(hidden_btd.dtype)
+    ids = jnp.asarray(token_ids, jnp.int32)
+    hidden_cbtd = jnp.pad(hidden_btd[:, :-1], ((0, 0), (0, pad), (0, 0))).reshape(b, num_chunks, chunk, d)
+
+    def one_chunk(h_btd):
+        logits_btv = jnp.einsum("btd,dv->btv", h_btd, w_dv, preferred_element_type=jnp.float32)
+        logz_bt = jax.nn.logsumexp(logits_btv, axis=-1)
+        return jnp.exp(jax.nn.logsumexp(logits_btv[..., ids], axis=-1) - logz_bt)
+
+    p_cbt = jax.lax.map(one_chunk, hidden_cbtd.swapaxes(0, 1))
+    p = p_cbt.swapaxes(0, 1).reshape(b, num_chunks * chunk)[:, :steps]
+    valid = valid_bt.astype(bool)
+    pair_valid = valid[:, 1:] & valid[:, :-1]
+    return jnp.concatenate([jnp.zeros((b, 1), jnp.float32), jnp.where(pair_valid, p, 0.0)], axis=1)

@@ -237,23 +237,29 @@ def single_turn_episode(method, ctx: EpisodeContext, agent_name: str | None = No
     return {agent.name: merged}
 
 
-def single_turn_eval(method, examples: Sequence[Example], ctx: EpisodeContext, agent_name: str | None = None
-                     ) -> dict[str, float]:
+def single_turn_eval(method, examples: Sequence[Example], ctx: EpisodeContext, agent_name: str | None = None,
+                     rollout_metrics: Callable[..., Mapping[str, float]] | None = None) -> dict[str, float]:
     """Greedy responses of one agent to `examples`, scored with the method's `eval_metrics` (judge included),
-    in batches of the agent's `samples_per_step`."""
+    in batches of the agent's `samples_per_step`. `rollout_metrics(agent, examples, rollouts)`, when given,
+    adds metrics computed from the kept examples and the batches' `Rollout`s (e.g. with the policy's
+    probabilities at the generated tokens)."""
     agent = ctx.agents[agent_name] if agent_name is not None else ctx.only_agent()
     r = agent.spec.rollout
     kept, prompts = ctx.fit_prompts(agent, encoder(method, agent.tokenizer), examples)
     if not kept:
         return {}
-    texts, lengths = [], []
+    texts, lengths, rollouts = [], [], []
     sp = sampling_params(r, greedy=True, n=1)
     for start in ctx.batches(len(prompts), r.samples_per_step):
         rollout = agent.sampler.generate(prompts[start:start + r.samples_per_step], sp, jax.random.key(0))
         texts += response_texts(rollout, agent.tokenizer)
         lengths.append(rollout.lengths_n)
+        if rollout_metrics is not None:
+            rollouts.append(rollout)
     scored = score(method, ctx.pool, texts, kept)
     out = dict(method.eval_metrics(scored.features, kept, np.concatenate(lengths)))
+    if rollout_metrics is not None:
+        out.update(rollout_metrics(agent, kept, rollouts))
     out["failed"] = float((~scored.ok_n).sum())
     if method.uses_judge:
         out["judge_failed"] = float(scored.judge_failed_n.sum())

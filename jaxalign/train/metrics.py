@@ -11,6 +11,7 @@ import io
 import json
 import math
 import os
+import re
 import time
 from typing import Any, Iterable, Mapping
 
@@ -212,6 +213,16 @@ REPORT_CURVES = ("reward/mean", "loss/kl", "loss/entropy", "response/length_mean
 HIDDEN_WHEN_ZERO = ("loss/kl",)  # a run without a KL term gets no flat-zero KL panel
 
 
+def _bucketed_eval_keys(evals: list[Mapping[str, Any]]) -> dict[str, list[str]]:
+    """`eval/<name>_q<i>` keys grouped by name, i in order (a per-quintile eval quantity, one panel each)."""
+    found: dict[str, dict[int, str]] = {}
+    for key in sorted({k for r in evals for k in r if _is_number(r.get(k))}):
+        match = re.fullmatch(r"eval/(.+)_q(\d+)", key)
+        if match:
+            found.setdefault(match.group(1), {})[int(match.group(2))] = key
+    return {name: [by_q[q] for q in sorted(by_q)] for name, by_q in found.items() if len(by_q) >= 2}
+
+
 def write_report(workdir: str | os.PathLike, title: str = ""):
     """Draws reward and key metric curves plus the eval table into `<workdir>/report.png`."""
     import matplotlib
@@ -228,7 +239,8 @@ def write_report(workdir: str | os.PathLike, title: str = ""):
     curves = [k for base in REPORT_CURVES for k in keys  # `<agent>/<metric>` per agent when there are several
               if (k == base or k.endswith("/" + base)) and any(_is_number(r.get(k)) for r in train)
               and not (base in HIDDEN_WHEN_ZERO and all(not r.get(k) for r in train))]
-    panels = len(curves) + (1 if len(evals) >= 2 else 0)
+    bucketed = _bucketed_eval_keys(evals)
+    panels = len(curves) + len(bucketed) + (1 if len(evals) >= 2 else 0)
     cols = min(3, max(panels, 1))
     rows = math.ceil(max(panels, 1) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.4 * rows), squeeze=False)
@@ -239,8 +251,17 @@ def write_report(workdir: str | os.PathLike, title: str = ""):
         ax.set_title(key)
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
+    for ax, (name, keys_q) in zip(flat[len(curves):], bucketed.items()):
+        shown = [evals[0], evals[-1]] if len(evals) >= 2 else evals
+        for record in shown:
+            ax.plot(range(1, len(keys_q) + 1), [record.get(k, float("nan")) for k in keys_q], marker="o",
+                    label=f"step {record['step']}")
+        ax.set_title(f"eval/{name} by value quintile")
+        ax.set_xlabel("value quintile (1 = lowest)")
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
     if len(evals) >= 2:
-        ax = flat[len(curves)]
+        ax = flat[len(curves) + len(bucketed)]
         ax.axis("off")
         before = {k: v for k, v in evals[0].items() if _is_number(v) and k != "step"}
         after = {k: v for k, v in evals[-1].items() if _is_number(v) and k != "step"}

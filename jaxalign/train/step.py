@@ -34,7 +34,7 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxalign.algorithms.logprobs import sequence_logprobs
+from jaxalign.algorithms.logprobs import sequence_logprobs, token_set_probs_from_hidden
 from jaxalign.algorithms.losses import (
     METRIC_MAXES,
     METRIC_MINS,
@@ -227,6 +227,21 @@ def make_logprob_fn(
         return _logprobs(graphdef, params, tokens_bt, valid_bt, positions_bt, temperature, chunk_size)
 
     return jit_over_rows(fn, mesh, num_outputs=2)
+
+
+def make_token_set_prob_fn(
+    graphdef: nnx.GraphDef, token_ids: tuple[int, ...], *, chunk_size: int = 256, mesh: Mesh | None = None
+) -> Callable[..., jax.Array]:
+    """Jitted `fn(params, tokens_bt, valid_bt, positions_bt) -> p_bt`: the policy's probability of any of
+    `token_ids` (e.g. its stop tokens) before each token (see `token_set_probs_from_hidden`)."""
+
+    def fn(params, tokens_bt, valid_bt, positions_bt):
+        model = nnx.merge(graphdef, params)
+        hidden_btd = model.hidden_states(tokens_bt, valid_bt, positions_bt)
+        return token_set_probs_from_hidden(hidden_btd, model.unembed_matrix(), tuple(token_ids), valid_bt,
+                                           chunk_size=chunk_size)
+
+    return jit_over_rows(fn, mesh, num_outputs=1)
 
 
 def jit_over_rows(fn: Callable, mesh: Mesh | None, *, num_outputs: int) -> Callable:

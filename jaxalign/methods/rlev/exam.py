@@ -2,10 +2,16 @@
 
 RLEV needs questions with human point values inside exams; no such data is reachable offline, so this
 module writes exams in code. Each exam holds 20-36 short questions (arithmetic and one- or two-step word
-problems, all with small non-negative integer answers). A question's difficulty level sets its point range
-(harder questions are worth more, as on real exams), levels are drawn with decreasing probability, and the
-exam total is the sum of its points. So v = points / total varies a lot and is right-skewed, like the
-paper's data, and a weak model gets the easy questions right more often than the valuable ones.
+problems, all with small non-negative integer answers), and the exam total is the sum of its points, so
+v = points / total varies a lot and is right-skewed, like the paper's data.
+
+A question's points are drawn independently of its difficulty (from a right-skewed table, `POINTS`), so
+within an exam high and low values both fall on easy and hard questions. Value is then not a proxy for
+difficulty: a model solves about as many of the most valuable questions as of the others, and a reward that
+weights by value has correct answers to act on at every value. (If points grew with difficulty, a weak
+model would never solve the valuable questions and value weighting would have nothing to reinforce.) Each
+question still carries its difficulty level, the WebInstruct label, for the weak-value sources; on this set
+those weak values are uninformative about the true ones by construction.
 
 Train and held-out exams come from separate random streams derived from the seed: same seed, same data, and
 the training split does not depend on the held-out size. Held-out questions never repeat a training
@@ -23,13 +29,9 @@ LEVELS = ("primary school", "junior high school", "senior high school", "univers
 """Difficulty levels (the WebInstruct labels, so weak values work on this set too)."""
 
 _LEVEL_WEIGHTS = (0.34, 0.26, 0.2, 0.12, 0.08)
-_LEVEL_POINTS = {  # inclusive range of points per level
-    "primary school": (1, 2),
-    "junior high school": (2, 4),
-    "senior high school": (3, 6),
-    "university": (5, 10),
-    "phd": (8, 20),
-}
+
+POINTS = ((1, 0.28), (2, 0.26), (3, 0.18), (5, 0.13), (8, 0.08), (12, 0.05), (20, 0.02))
+"""(points, probability): a question's points, drawn independently of its difficulty level."""
 
 _NAMES = ("Ann", "Ben", "Cara", "Dev", "Eli", "Fay", "Gus", "Hana", "Ivo", "Jun", "Kim", "Leo", "Mia", "Noor")
 _THINGS = ("apples", "pens", "books", "coins", "cards", "eggs", "shells", "stamps", "marbles", "cups")
@@ -129,8 +131,8 @@ def _exam(rng: random.Random, exam_id: str, avoid_prompts: set[str]) -> list[dic
         prompt, answer = rng.choice(_GENERATORS[level])(rng)
         if prompt in avoid_prompts or any(prompt == draft[1] for draft in drafts):
             continue
-        low, high = _LEVEL_POINTS[level]
-        drafts.append((level, prompt, answer, rng.randint(low, high)))
+        points = rng.choices([p for p, _ in POINTS], weights=[w for _, w in POINTS])[0]
+        drafts.append((level, prompt, answer, points))
     total = float(sum(points for *_, points in drafts))
     return [
         {

@@ -11,7 +11,7 @@ from jaxalign.methods.base import Example, FeatureFn, Method, register
 from jaxalign.methods.rlev.config import RLEVConfig
 from jaxalign.methods.rlev.data import ScorePredictor, load_splits, training_values
 from jaxalign.methods.rlev.prompts import POLICY_SYSTEM_PROMPT
-from jaxalign.methods.rlev.rewards import judge_mask, rlev_metrics, rlev_rewards, value_scale
+from jaxalign.methods.rlev.rewards import eos_value_metrics, judge_mask, rlev_metrics, rlev_rewards, value_scale
 from jaxalign.rewards.judges import EquivalenceJudge, build_model_judge, judge_correctness, rule_features
 from jaxalign.rewards.verifiers import correctness_features
 
@@ -36,6 +36,7 @@ class RLEVMethod(Method):
         self._sampler: Any = None
         self.uniform_scale: float | None = None
         self._data_report: dict[str, Any] = {}
+        self._stop_prob_fns: dict[str, Any] = {}
 
     def parse_config(self, section: Any) -> RLEVConfig:
         return RLEVConfig.from_dict(section)
@@ -138,6 +139,43 @@ class RLEVMethod(Method):
         if "judged" in features:
             components["judged"] = np.nan_to_num(np.asarray(features["judged"], np.float32), nan=0.0)
         return np.asarray(rewards_n), components
+
+    def eval_episode(self, examples: Sequence[Example], ctx) -> dict[str, float]:
+        """The single-turn greedy eval plus the termination analysis by value (`eos_value_metrics`): the
+        policy's stop-token probability at every generated position, from one forward pass per batch."""
+        from jaxalign.train.episodes import single_turn_eval
+
+        return single_turn_eval(self, examples, ctx, rollout_metrics=self._termination_metrics)
+
+    def _termination_metrics(self, agent: Any, examples: Sequence[Example], rollouts: Sequence[Any]
+                             ) -> dict[str, float]:
+        from jaxalign.train import batching
+        from jaxalign.train.step import make_token_set_prob_fn
+
+        stop_ids = tuple(int(t) for t in getattr(agent.tokenizer, "eos_token_ids", ()) or ())
+        if not stop_ids or not rollouts:
+            return {}
+        fn = self._stop_prob_fns.get(agent.name)
+        if fn is None:
+            fn = make_token_set_prob_fn(agent.graphdef, stop_ids, mesh=getattr(agent.sampler, "mesh", None))
+            self._stop_prob_fns[agent.name] = fn
+        mesh = getattr(agent.sampler, "mesh", None)
+        shards = 1 if mesh is None else int(np.prod([mesh.shape[a] for a in ("data", "fsdp") if a in mesh.shape]))
+        probs, masks = [], []
+        width = max(r.response_ids_np.shape[1] for r in rollouts)
+        for r in rollouts:
+            seq = batching.sequence_batch(r.prompt_ids_np, r.prompt_mask_np, r.response_ids_np,
+                                          r.response_mask_np)
+            n = len(r.response_ids_np)
+            rows = -(-n // shards) * shards  # the rows split evenly over the mesh's batch axes
+            seq = {k: np.pad(v, ((0, rows - n), (0, 0))) for k, v in seq.items()}
+            p_nt = np.asarray(fn(agent.policy_params, seq["tokens"], seq["valid"], seq["positions"]))[:n]
+            p_nr = batching.response_columns(p_nt, r.prompt_ids_np.shape[1])
+            pad = ((0, 0), (0, width - p_nr.shape[1]))
+            probs.append(np.pad(p_nr, pad))
+            masks.append(np.pad(r.response_mask_np, pad))
+        return eos_value_metrics(np.concatenate(probs), np.concatenate(masks),
+                                 np.array([example["value"] for example in examples]))
 
     def eval_metrics(
         self, features: Mapping[str, np.ndarray], examples: Sequence[Example], lengths_n: np.ndarray

@@ -78,6 +78,53 @@ def rlev_metrics(correct_n: np.ndarray, value_n: np.ndarray, lengths_n: np.ndarr
     }
 
 
+def value_buckets(value_n: np.ndarray, num_buckets: int) -> tuple[np.ndarray, np.ndarray]:
+    """(edges [num_buckets + 1], bucket_n): equal-count buckets by value rank, 0 = lowest values. Equal
+    values may straddle a boundary (ties go by position), so no bucket is empty even when many questions
+    share a value; `edges` are the value quantiles, for display."""
+    value_n = np.asarray(value_n, np.float64)
+    edges = np.quantile(value_n, np.linspace(0.0, 1.0, num_buckets + 1))
+    bucket_n = np.empty(len(value_n), np.int64)
+    bucket_n[np.argsort(value_n, kind="stable")] = np.arange(len(value_n)) * num_buckets // max(len(value_n), 1)
+    return edges, bucket_n
+
+
+def length_value_slope(lengths_n: np.ndarray, value_n: np.ndarray) -> float:
+    """Least-squares slope of response length (tokens) against the prompt's value percentile (0 = lowest
+    value, 1 = highest; ties share their mean rank): how many more tokens the policy spends on the most
+    valuable prompts than on the least. Percentiles, not raw values, so a few very valuable questions do not
+    dominate the fit. NaN with fewer than two distinct values."""
+    lengths_n, value_n = np.asarray(lengths_n, np.float64), np.asarray(value_n, np.float64)
+    if len(value_n) < 2 or np.ptp(value_n) == 0:
+        return float("nan")
+    order = np.argsort(value_n, kind="stable")
+    ranks = np.empty(len(value_n))
+    ranks[order] = np.arange(len(value_n), dtype=np.float64)
+    for v in np.unique(value_n):  # mean rank for ties
+        tied = value_n == v
+        ranks[tied] = ranks[tied].mean()
+    x = ranks / (len(value_n) - 1)
+    x_c = x - x.mean()
+    return float((x_c * (lengths_n - lengths_n.mean())).sum() / (x_c ** 2).sum())
+
+
+def eos_value_metrics(eos_prob_nt: np.ndarray, mask_nt: np.ndarray, value_n: np.ndarray, *,
+                      num_buckets: int = 5) -> dict[str, float]:
+    """Eval metrics of the paper's termination analysis: per value quintile (q1 = lowest), the mean response
+    length `length_q<i>` and the mean EOS probability over response positions `eos_prob_q<i>`; and
+    `length_value_slope` (see `length_value_slope`)."""
+    mask_nt = np.asarray(mask_nt, bool)
+    lengths_n = mask_nt.sum(axis=1).astype(np.float64)
+    eos = eos_probability_by_value(eos_prob_nt, mask_nt, value_n, num_buckets=num_buckets)
+    _, bucket_n = value_buckets(value_n, num_buckets)
+    out = {"length_value_slope": length_value_slope(lengths_n, value_n)}
+    for b in range(num_buckets):
+        in_b = bucket_n == b
+        out[f"length_q{b + 1}"] = float(lengths_n[in_b].mean()) if in_b.any() else float("nan")
+        out[f"eos_prob_q{b + 1}"] = float(eos.mean_eos_prob_b[b])
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class EOSByValue:
     """Mean EOS probability per value bucket (rows: lowest to highest value), overall and per position bin."""
@@ -95,14 +142,13 @@ def eos_probability_by_value(
     """The paper's EOS analysis: how likely stopping is, by prompt value and by relative position.
 
     `eos_prob_nt` is the policy's probability of EOS at each response position and `mask_nt` the response
-    mask. Samples are bucketed by value quantile; NaN marks an empty cell.
+    mask. Samples are bucketed by value rank (`value_buckets`); NaN marks an empty cell.
     """
     eos_prob_nt, mask_nt = np.asarray(eos_prob_nt, np.float64), np.asarray(mask_nt, bool)
     value_n = np.asarray(value_n, np.float64)
     if eos_prob_nt.shape != mask_nt.shape or eos_prob_nt.shape[0] != len(value_n):
         raise ValueError(f"shapes disagree: eos {eos_prob_nt.shape}, mask {mask_nt.shape}, values {value_n.shape}")
-    edges = np.quantile(value_n, np.linspace(0.0, 1.0, num_buckets + 1))
-    bucket_n = np.clip(np.searchsorted(edges, value_n, side="right") - 1, 0, num_buckets - 1)
+    edges, bucket_n = value_buckets(value_n, num_buckets)
     lengths_n = mask_nt.sum(axis=1)
     position_nt = np.arange(mask_nt.shape[1])[None, :] / np.maximum(lengths_n, 1)[:, None]
     position_bin_nt = np.minimum((position_nt * num_position_bins).astype(int), num_position_bins - 1)
