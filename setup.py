@@ -30,12 +30,15 @@ INSTALL_REQUIRES = [
     "math-verify>=0.9.0",
     "tqdm>=4.66",
     "matplotlib>=3.9",
+    "scipy>=1.14",  # `jaxalign compare`'s t distribution (jax requires it too)
     "tensorboardX>=2.6",
 ]
 
 EXTRAS = {
     # torch (CPU) is used by tests only, for parity checks against transformers; `make test` installs it.
-    "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0"],
+    # peft: the tests load jaxalign's exported LoRA adapters with it (the library never imports it).
+    # nbclient and ipykernel: CI executes every notebook in colabs/ top to bottom in a real kernel.
+    "test": ["pytest>=8", "pytest-xdist>=3.6", "torch==2.13.0", "peft==0.21.2", "nbclient>=0.11", "ipykernel>=7.4"],
     "gpu": ["jax[cuda12]>=0.10.2,<0.11"],
     "tpu": ["jax[tpu]>=0.10.2,<0.11"],
     "tfds": ["tensorflow-datasets>=4.9"],

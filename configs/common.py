@@ -8,6 +8,8 @@ import dataclasses
 
 import ml_collections
 
+from jaxalign.config import LORA_TARGETS
+
 ESTIMATOR_PRESETS = {
     # REINFORCE++: per-token KL (k1, beta 0.01) folded into the return, advantages whitened over the batch.
     "reinforce_pp": dict(
@@ -81,7 +83,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.seed = 0
     c.method = "rlev"
 
-    c.model = ml_collections.ConfigDict(dict(spec="random:tiny", param_dtype="float32", dtype="float32", remat=False))
+    # init_from: a run directory (e.g. of `jaxalign sft`) whose latest policy weights start this run.
+    c.model = ml_collections.ConfigDict(dict(spec="random:tiny", param_dtype="float32", dtype="float32", remat=False,
+                                             init_from=""))
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
     c.rollout = ml_collections.ConfigDict(
         dict(
@@ -104,12 +108,16 @@ def base_config() -> ml_collections.ConfigDict:
     )
     set_estimator(c, "grpo")
     c.optim = ml_collections.ConfigDict(dict(learning_rate=1e-6))
-    c.train = ml_collections.ConfigDict(dict(steps=10, eval_every=0, eval_examples=0))
+    c.train = ml_collections.ConfigDict(dict(steps=10, eval_every=0, eval_examples=0, eval_at_start=True,
+                                             skip_memory_check=False))
     c.checkpoint = ml_collections.ConfigDict(dict(every=0, keep=3, async_save=True))
     c.logging = ml_collections.ConfigDict(
         dict(progress=True, tensorboard=True, samples_every=1, samples_per_log=4, report=True)
     )
     c.rewards = ml_collections.ConfigDict(dict(num_workers=2, timeout_s=30.0))
+    # LoRA: rank 0 = full fine-tuning; e.g. --config.lora.rank=8 trains adapters on a frozen base.
+    c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=",".join(LORA_TARGETS), dropout=0.0,
+                                            base_dtype="", sampler="adapters"))
     return c
 
 
@@ -149,6 +157,8 @@ def rlev_section(reward: str = "human", dataset: str = "embedded", **fields) -> 
 
     `reward`: human (the paper's s(x) = 1 + min(alpha * v, 1)) or an ablation (correctness, uniform,
     random, multiplicative); `dataset`: embedded (offline exam set), rlev, webinstruct or a local path.
+    Values: `value_source` ground_truth, weak or predicted, the last by `predictor_model` (a model spec; empty:
+    the policy itself).
     Verification: `verifier` rule (default), model or rule_or_model, with `judge_model` (required unless
     rule: an HF directory, a .gguf file or smollm2-135m-instruct) and the `judge_*` sampling settings
     (greedy, 8 new tokens, bfloat16 by default), e.g. `--config.rlev.verifier=rule_or_model
@@ -174,3 +184,20 @@ def gtalign_section(**fields) -> ml_collections.ConfigDict:
     if unknown:
         raise ValueError(f"gtalign_section: unknown field(s) {unknown}; GTAlignConfig has no such fields")
     return ml_collections.ConfigDict(values)
+
+
+def sft_section(data: str = "", *, learning_rate: float = 1e-5, **fields) -> ml_collections.ConfigDict:
+    """The `sft` section of `jaxalign sft`: every field of `jaxalign.config.SFTSpec` (defaults, then `data`
+    and `fields`), so each can be overridden with `--config.sft.<field>=...`. `data`: a .jsonl file of
+    {"messages": [...]} rows, "embedded:<name>" or a Hugging Face dataset. The section's `optim` overrides
+    the top-level `optim` for SFT and always lists `learning_rate` (1e-5 unless given); more OptimConfig
+    fields may be passed as `optim=dict(...)`.
+    """
+    from jaxalign.config import SFTSpec
+
+    optim = {"learning_rate": learning_rate, **dict(fields.pop("optim", {}) or {})}
+    values = {**{f.name: f.default for f in dataclasses.fields(SFTSpec) if f.name != "optim"}, "data": data, **fields}
+    unknown = sorted(set(values) - {f.name for f in dataclasses.fields(SFTSpec)})
+    if unknown:
+        raise ValueError(f"sft_section: unknown field(s) {unknown}; SFTSpec has no such fields")
+    return ml_collections.ConfigDict({**values, "optim": optim})

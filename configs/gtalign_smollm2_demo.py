@@ -1,12 +1,25 @@
-"""GTAlign's whole pipeline on a CPU: SmolLM2-135M-Instruct, the embedded game set, PPO with a value head.
+"""GTAlign on a CPU in two runs: SFT cold start on the embedded cold-start set, then GTAlign RL from it.
 
-    jaxalign train --config=configs/gtalign_smollm2_demo.py --workdir=runs/gtalign_demo
+    jaxalign sft   --config=configs/gtalign_smollm2_demo.py --workdir=runs/gtalign_sft
+    jaxalign train --config=configs/gtalign_smollm2_demo.py --config.model.init_from=runs/gtalign_sft \
+        --workdir=runs/gtalign_demo
 
-A smoke run of the method, not a result: a 135M model without the paper's SFT cold start does not write a
-parsable payoff block, so its rewards are 0 and it learns nothing (measured: format 0% before and after).
-It exercises the prompts, the four-block parser, the welfare reward, GAE with a value head on the policy's
-trunk and the method's eval metrics: 5 min 42 s on a 2-core CPU, 88 s per step. For the paper's setting see
-`configs/gtalign_qwen25_3b.py`.
+(`make demo-gtalign` runs both.) Without `--config.model.init_from`, `jaxalign train` starts RL from the base
+SmolLM2-135M-Instruct, which does not write the four-block format: every reward is 0 and nothing is learnt.
+
+SFT (`sft` section): next-token loss on the assistant turns of `embedded:gtalign_coldstart` (560 chats,
+`jaxalign/methods/gtalign/coldstart.py`; its user turns are exactly the RL prompts, none of them a held-out
+question). Sized for a 2-core CPU, where SmolLM2-135M in float32 trains at roughly 150-190 tokens/s: a chat
+is ~790 tokens (a ~500-token prompt and a ~290-token reply, the longest 827), so batches are padded to
+`max_len` = 832 and 36 steps of 4 chats are ~120k tokens, about 11-13 minutes, plus loading, compilation
+and two eval-loss passes over 16 held-out chats: about 15 minutes in all (an estimate from that rate, not a
+measured run). 36 x 4 = 144 chats is a quarter of the set; `--config.sft.steps` trades time for more.
+lr 1e-4 after 4 warmup steps: a format is learnt fast, and few steps are affordable here.
+
+RL: PPO with a value head on the trunk (GAE gamma = lambda = 1, dual clip 3, token-mean loss), one sample
+for each of 8 prompts per step, 4 steps, replies up to 384 new tokens (the cold-start replies are at most
+~330), greedy eval on 32 held-out questions before (= after SFT) and after. Memory: per-layer remat.
+For the paper's setting see `configs/gtalign_qwen25_3b.py`.
 """
 
 import common
@@ -17,9 +30,14 @@ def get_config(arg=None):
     c = common.base_config()
     c.method = "gtalign"
     c.model.spec = "smollm2-135m-instruct"
-    # The game prompt is ~450 tokens: per-layer remat takes the run's peak memory from 18.6 GB to 5.1 GB
-    # (and the update from ~75 s to ~52 s per step on 2 CPU cores; measured 2026-12-02).
+    # The game prompt is ~500 tokens: per-layer remat takes the run's peak memory from 18.6 GB to 5.1 GB
+    # (and the update from ~75 s to ~52 s per step on 2 CPU cores; measured 2026-12-02 with 64 new tokens).
     c.model.remat = True
+
+    c.sft = common.sft_section(
+        "embedded:gtalign_coldstart", learning_rate=1e-4, optim=dict(warmup_steps=4),
+        batch_size=4, steps=36, max_len=832, overlong="drop", eval_examples=16, eval_batch_size=8)
+
     common.set_estimator(c, "gae")
     c.algorithm.loss.dual_clip = 3.0
     c.algorithm.loss.aggregation = "token_mean"
@@ -28,17 +46,17 @@ def get_config(arg=None):
     c.rollout.prompts_per_step = 8  # one sample each (PPO)
     c.rollout.samples_per_prompt = 1
     c.rollout.max_prompt_len = 512
-    c.rollout.max_new_tokens = 64
+    c.rollout.max_new_tokens = 384
     c.algorithm.micro_batches = 1
     c.algorithm.recompute_old_logprobs = False
     c.algorithm.loss.logprob_chunk_size = 64
     c.optim.learning_rate = 1e-5
 
-    c.train.steps = 3
+    c.train.steps = 4
     c.train.eval_every = 0
-    c.train.eval_examples = 8
+    c.train.eval_examples = 32
     c.checkpoint.every = 2
     c.logging.samples_every = 1
 
-    c.gtalign = common.gtalign_section(num_train=64, num_eval=8)
+    c.gtalign = common.gtalign_section(num_train=64, num_eval=32)
     return c

@@ -1,11 +1,13 @@
 """The `jaxalign` command: train, eval, export, sample, steer, bench. Heavy modules load inside each subcommand.
 
     jaxalign train --config=configs/rlev_smollm2_demo.py[:arg] --config.rollout.max_new_tokens=32 --workdir=DIR
+    jaxalign sft --config=configs/<x>.py --workdir=DIR    (supervised fine-tuning on the config's `sft` section)
     jaxalign eval --workdir=DIR       (the run's saved config; or --config=... --model SPEC for a plain model)
-    jaxalign export --workdir DIR --out HF_DIR [--agent NAME]
+    jaxalign export --workdir DIR --out HF_DIR [--agent NAME] [--adapter]   (--adapter: PEFT LoRA adapters)
     jaxalign sample --model smollm2-135m-instruct --prompt "What is 12 + 7?" --max-new-tokens 32 --greedy
     jaxalign steer --model DIR --prompt "Plan my trip" --user-shift -2     (GTAlign pricing steering)
     jaxalign bench {rollout,train}
+    jaxalign compare RUN [RUN ...]      (final evals of runs, seeds grouped: mean ± sd)
 
 Every error in the input (options, config, model spec, paths) is one line on stderr and exit code 2; a
 traceback means a bug. Exit codes: `jaxalign.commands.EXIT_*` (0 done, 1 unexpected error, 2 bad input,
@@ -50,13 +52,13 @@ def split_config_args(argv: Sequence[str]) -> tuple[str | None, dict[str, str], 
     return config, overrides, rest
 
 
-def _validated(cd):
+def _validated(cd, kind: str | None = None):
     """The typed config of a ConfigDict, with the method's own section and every model spec checked too
-    (nothing is loaded)."""
+    (nothing is loaded). `kind` "sft": the config of a `jaxalign sft` run."""
     from jaxalign.config import from_config_dict
     from jaxalign.methods.base import build_method
 
-    config = from_config_dict(cd)
+    config = from_config_dict(cd, kind=kind)
     build_method(config)
     _check_model_specs(config)
     return config
@@ -73,14 +75,20 @@ def _check_model_specs(config) -> None:
     for key, value in dict(config.method_config).items():
         if (key == "judge_model" or key.endswith("_model")) and isinstance(value, str) and value:
             check_model_spec(value, what=f"{config.method}.{key}")
+    from jaxalign.train.sft import check_init_from
+
+    for name, agent in config.agents.items():
+        if agent.model.init_from:
+            check_init_from(agent.model.init_from,
+                            f"agents.{name}.model.init_from" if named else "model.init_from")
 
 
-def _load_experiment(config_spec: str | None, overrides: dict[str, str]):
+def _load_experiment(config_spec: str | None, overrides: dict[str, str], kind: str | None = None):
     from jaxalign.config import apply_overrides, load_config_file
 
     if not config_spec:
         raise UsageError("--config=configs/<name>.py[:arg] is required")
-    return _validated(apply_overrides(load_config_file(config_spec), overrides))
+    return _validated(apply_overrides(load_config_file(config_spec), overrides), kind)
 
 
 def cmd_train(args, config_spec, overrides) -> int:
@@ -91,6 +99,17 @@ def cmd_train(args, config_spec, overrides) -> int:
     maybe_initialize_distributed()  # before anything (config validation included) starts a jax backend
     config = _load_experiment(config_spec, overrides)
     result = train(config, args.workdir, allow_config_change=args.allow_config_change)
+    return EXIT_STOPPED if result.stopped_early else EXIT_OK
+
+
+def cmd_sft(args, config_spec, overrides) -> int:
+    from jaxalign.distributed import maybe_initialize_distributed
+    from jaxalign.runs import check_workdir, sft
+
+    check_workdir(args.workdir)
+    maybe_initialize_distributed()
+    config = _load_experiment(config_spec, overrides, kind="sft")
+    result = sft(config, args.workdir, allow_config_change=args.allow_config_change)
     return EXIT_STOPPED if result.stopped_early else EXIT_OK
 
 
@@ -122,8 +141,9 @@ def cmd_export(args, config_spec, overrides) -> int:
     from jaxalign.runs import check_export_dir, export_checkpoint
 
     check_export_dir(args.out)
-    agent = export_checkpoint(args.workdir, args.out, agent=args.agent)
-    print(f"exported agent {agent!r} of {args.workdir} to {args.out}")
+    agent = export_checkpoint(args.workdir, args.out, agent=args.agent, adapter=args.adapter)
+    what = "the LoRA adapters of agent" if args.adapter else "agent"
+    print(f"exported {what} {agent!r} of {args.workdir} to {args.out}")
     return 0
 
 
@@ -257,6 +277,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_train)
 
     p = add_parser(
+        "sft", help="supervised fine-tuning on chat conversations (the config's sft section)",
+        description="Supervised fine-tuning of the config's model on the conversations of its sft section: "
+                    "next-token loss on the assistant turns only, held-out eval loss, checkpoints, metrics.jsonl "
+                    "and report.png in --workdir, resumed from its latest checkpoint like train (the free fields "
+                    "are sft.steps, sft.epochs, sft.eval_every, checkpoint and logging, and the sections SFT does "
+                    "not use). jaxalign export and jaxalign eval --workdir work on the run; an RL run starts "
+                    "from it with --config.model.init_from=DIR.",
+        epilog=_examples("jaxalign sft --config=configs/gtalign_smollm2_demo.py --workdir=runs/gtalign_sft",
+                         "jaxalign sft --config=configs/gtalign_smollm2_demo.py --config.sft.data=chats.jsonl "
+                         "--config.sft.epochs=2 --workdir=/tmp/sft"))
+    _add_config_options(p, required=True)
+    p.add_argument("--workdir", required=True, metavar="DIR",
+                   help="required: the run directory (new, or an SFT run's to resume)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume even though fields that change the fine-tuning changed; the changes are logged "
+                        f"and recorded in <workdir>/{HISTORY_FILE}")
+    p.set_defaults(fn=cmd_sft)
+
+    p = add_parser(
         "eval", help="greedy eval of a checkpoint or model with the method's metrics",
         description="Greedy evaluation with the method's metrics, printed as JSON: of a run's latest checkpoint "
                     "(--workdir, with the run's config unless --config is given) or of a model (--config and "
@@ -273,12 +312,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add_parser(
         "export", help="write an agent's policy of a run's latest checkpoint as an HF model",
         description="Writes one agent's policy of a run's latest checkpoint as a HF model directory "
-                    "(config.json, model.safetensors, tokenizer files) that transformers loads.",
-        epilog=_examples("jaxalign export --workdir runs/rlev_demo --out runs/rlev_demo_hf"))
+                    "(config.json, model.safetensors, tokenizer files) that transformers loads; LoRA adapters "
+                    "are merged into the weights. With --adapter: the LoRA adapters alone as a PEFT adapter "
+                    "directory (adapter_config.json, adapter_model.safetensors) for the run's base model.",
+        epilog=_examples("jaxalign export --workdir runs/rlev_demo --out runs/rlev_demo_hf",
+                         "jaxalign export --workdir runs/rlev_lora --out runs/rlev_lora_adapter --adapter"))
     p.add_argument("--workdir", required=True, metavar="DIR", help="required: the run directory")
     p.add_argument("--out", required=True, metavar="DIR",
                    help="required: the HF model directory to write (new or empty)")
     p.add_argument("--agent", metavar="NAME", help="the agent to export (default: the run's only agent)")
+    p.add_argument("--adapter", action="store_true",
+                   help="write the LoRA adapters as a PEFT adapter directory (runs with lora.rank > 0)")
     p.set_defaults(fn=cmd_export)
 
     p = add_parser(
@@ -302,6 +346,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("which", choices=("rollout", "train"), help="which benchmark")
     p.add_argument("bench_args", nargs=argparse.REMAINDER, help="the benchmark's own options")
     p.set_defaults(fn=cmd_bench)
+
+    from jaxalign.compare import add_compare_command  # final evals of runs side by side
+
+    add_compare_command(sub, [common])
 
     from jaxalign.methods import METHODS  # methods add their own subcommands (e.g. GTAlign's steer)
 
@@ -338,7 +386,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_spec, overrides = None, {}
     args = parser.parse_args(rest)
     _setup_logging(getattr(args, "log_level", "INFO"), parser)
-    if (config_spec or overrides) and args.command not in ("train", "eval"):
+    if (config_spec or overrides) and args.command not in ("train", "sft", "eval"):
         parser.error(f"--config is not an option of '{args.command}'")
     if args.command == "eval" and not (args.workdir or args.model):
         parser.error("eval needs --workdir DIR or --model SPEC")

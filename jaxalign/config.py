@@ -6,7 +6,7 @@ is loaded. Every error says what is wrong and how to fix it.
 
 Sections of the ConfigDict (see `configs/common.py` for defaults):
   seed, method                          scalars
-  model      spec, param_dtype, dtype, remat
+  model      spec, param_dtype, dtype, remat, init_from (a run directory whose latest weights start the policy)
   mesh       data, fsdp, tensor                      (-1 = the rest of the devices)
   rollout    prompts_per_step, samples_per_prompt, lengths, sampling, overlong prompts, dynamic sampling
   algorithm  estimator, advantage{...}, loss{...}, mini_batches, micro_batches, epochs, logprob_chunk_size
@@ -16,10 +16,13 @@ Sections of the ConfigDict (see `configs/common.py` for defaults):
   logging    progress, tensorboard, samples_every, report
   rewards    num_workers, timeout_s
   critic     mode, head_init_std, optim{...}, critic_warmup_steps   (PPO with a learned critic, estimator gae)
-  agents     optional: {name: {model, rollout, algorithm, optim, critic}}, each agent's sections deep-merged
+  lora       rank (0 = full fine-tuning), alpha, targets, dropout, base_dtype, sampler   (LoRA adapters)
+  agents     optional: {name: {model, rollout, algorithm, optim, critic, lora}}, each agent's sections deep-merged
              over the top-level ones; without it there is one agent, `policy`, made of the top-level sections
   stages     optional: [{steps, train: [agent names], overrides: {method field: value}}]; without it one stage
              trains every agent for train.steps
+  sft        supervised fine-tuning (`jaxalign sft`): data, split, lengths, batches, epochs or steps, optim{...};
+             `from_config_dict(cd, kind="sft")` makes the run's one agent the SFT learner (see `SFTSpec`)
   <method>   the method's own section, passed through untouched (e.g. `rlev`); checked by the method
              (`jaxalign.methods.build_method`), since this module imports nothing from `methods/` or `train/`
 """
@@ -46,6 +49,9 @@ class ModelSpec:
     param_dtype: str = "float32"
     dtype: str = "float32"
     remat: bool = False
+    # A run directory (e.g. of `jaxalign sft`): its latest checkpoint's policy weights replace the weights of
+    # `spec` (same architecture) before the reference, critic and optimizer are made from them.
+    init_from: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,6 +147,8 @@ class TrainSpec:
     steps: int
     eval_every: int = 0  # 0: only at the start and the end
     eval_examples: int = 0  # 0: the whole eval split
+    eval_at_start: bool = True  # False: no eval before training (seeds of one setting share that eval)
+    skip_memory_check: bool = False  # start even when the memory estimate exceeds the device (jaxalign.memory)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,8 +206,42 @@ class CriticSpec:
         return _build_dataclass(OptimConfig, {**policy_optim.kwargs, **self.optim}, "critic.optim")
 
 
+# Projections of each decoder layer that may carry LoRA adapters (HF module names; `jaxalign.models.lora`).
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# How a LoRA agent's sampler gets the adapters: folded into a copy of the weights ("merged") or applied in
+# the forward pass on the shared frozen base ("adapters": no copy of the base).
+LORA_SAMPLER_MODES = ("merged", "adapters")
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraSpec:
+    """LoRA fine-tuning of an agent (`lora` section; per agent under `agents.<name>.lora`).
+
+    Attributes:
+      rank: adapter rank; 0 = full fine-tuning (every other field is then unused).
+      alpha: the adapters' output is scaled by `alpha / rank` (as in PEFT).
+      targets: the projections that get adapters (`LORA_TARGETS`); a list or a comma-separated string.
+      dropout: dropout on the adapters' input during training updates (not in log-prob passes or sampling).
+      base_dtype: dtype of the frozen base weights ("" = `model.param_dtype`; "bfloat16" halves them);
+        the adapters keep `model.param_dtype`.
+      sampler: "merged" (the sampler holds base + adapters folded into one copy of the weights) or
+        "adapters" (it applies the adapters in its forward pass on the shared base: no second copy).
+    """
+
+    rank: int = 0
+    alpha: float = 16.0
+    targets: tuple[str, ...] = LORA_TARGETS
+    dropout: float = 0.0
+    base_dtype: str = ""
+    sampler: str = "adapters"
+
+    @property
+    def enabled(self) -> bool:
+        return self.rank > 0
+
+
 DEFAULT_AGENT = "policy"
-AGENT_SECTIONS = ("model", "rollout", "algorithm", "optim", "critic")
+AGENT_SECTIONS = ("model", "rollout", "algorithm", "optim", "critic", "lora")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -216,10 +258,15 @@ class AgentSpec:
     algorithm: AlgorithmSpec
     optim: OptimSpec
     critic: CriticSpec | None = None
+    lora: LoraSpec | None = None  # None or rank 0: full fine-tuning
 
     @property
     def uses_critic(self) -> bool:
         return self.algorithm.estimator == "gae"
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.lora is not None and self.lora.enabled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,6 +283,84 @@ class StageSpec:
     steps: int
     train: tuple[str, ...]
     overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+RUN_KINDS = ("rl", "sft")  # what a run directory holds: `jaxalign train` or `jaxalign sft`
+SFT_OVERLONG_MODES = ("truncate", "drop")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTSpec:
+    """Supervised fine-tuning of the top-level model on chat conversations (`sft` section, `jaxalign sft`).
+
+    Attributes:
+      data: a `.jsonl` file of {"messages": [...]} rows, "embedded:<name>" (`jaxalign.data.chat`), or a
+        Hugging Face dataset (a local file or folder, or a hub name) with a messages column.
+      messages_field: the column holding each conversation's messages.
+      split: the dataset split to read (hub datasets and folders).
+      eval_fraction: share of the conversations held out for the eval loss (ignored when eval_examples > 0).
+      eval_examples: number of conversations held out (> 0 overrides eval_fraction; both 0: no eval).
+      max_len: longest training sequence in tokens.
+      overlong: a longer conversation is cut to its first max_len tokens ("truncate"; dropped when no
+        assistant token is left) or dropped ("drop"); both are counted.
+      batch_size: conversations per step (one row each: no two conversations attend to each other).
+      micro_batches: gradient accumulation: the batch is split into this many micro-batches.
+      epochs: passes over the training conversations (used when steps is 0).
+      steps: training steps (> 0 overrides epochs; the data cycles through epochs as needed).
+      eval_every: eval loss every this many steps (0: only before and after training).
+      eval_batch_size: conversations per eval forward pass (0: batch_size).
+      bucket_batches: this many batches' worth of shuffled conversations are sorted by length before they
+        are cut into batches, so a batch holds conversations of similar length (1: no sorting).
+      optim: `OptimConfig` fields over the top-level `optim` (e.g. a higher learning_rate for SFT).
+    """
+
+    data: str = ""
+    messages_field: str = "messages"
+    split: str = "train"
+    eval_fraction: float = 0.05
+    eval_examples: int = 0
+    max_len: int = 1024
+    overlong: str = "truncate"
+    batch_size: int = 8
+    micro_batches: int = 1
+    epochs: int = 1
+    steps: int = 0
+    eval_every: int = 0
+    eval_batch_size: int = 0
+    bucket_batches: int = 16
+    optim: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def _sft_section(cd: ml_collections.ConfigDict) -> SFTSpec:
+    if "sft" not in cd or cd.sft is None:
+        raise ConfigError("jaxalign sft needs an 'sft' section in the config; add one, e.g. "
+                          "c.sft = common.sft_section(data='conversations.jsonl') (configs/common.py)")
+    values = _plain(cd.sft)
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"sft must be a section of SFTSpec fields, got {values!r}")
+    values = dict(_check_fields(SFTSpec, dict(values), "sft"))
+    optim = values.pop("optim", None) or {}
+    if not isinstance(optim, Mapping):
+        raise ConfigError(f"sft.optim must be a section of OptimConfig fields (e.g. learning_rate), got {optim!r}")
+    return SFTSpec(optim=_freeze(optim), **values)
+
+
+def sft_agent_spec(default: AgentSpec, sft: SFTSpec) -> AgentSpec:
+    """The SFT learner: the top-level model (and LoRA section) with the SFT loss ("sft" in `POLICY_LOSSES`,
+    token mean over assistant tokens, no KL, temperature 1) and `optim` overridden by `sft.optim`; no
+    critic, no reference."""
+    loss = {"policy_loss": "sft", "aggregation": "token_mean", "kl_in": "none", "kl_coef": 0.0,
+            "logprob_chunk_size": int(default.algorithm.loss.get("logprob_chunk_size", 256))}
+    return AgentSpec(
+        name=DEFAULT_AGENT,
+        model=default.model,
+        rollout=dataclasses.replace(default.rollout, temperature=1.0),
+        algorithm=AlgorithmSpec(estimator="sft", advantage=_freeze({}), loss=_freeze(loss),
+                                micro_batches=sft.micro_batches),
+        optim=OptimSpec(kwargs=_freeze({**default.optim.kwargs, **sft.optim})),
+        critic=None,
+        lora=getattr(default, "lora", None),
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -258,6 +383,8 @@ class ExperimentConfig:
     critic: CriticSpec | None = None  # the `critic` section; used by estimator "gae"
     agents: Mapping[str, AgentSpec] = dataclasses.field(default_factory=dict)  # name -> spec, in order
     stages: tuple[StageSpec, ...] = ()
+    kind: str = "rl"  # "sft": a `jaxalign sft` run, whose one agent is `sft_agent_spec` (RUN_KINDS)
+    sft: SFTSpec | None = None  # the `sft` section (kind "sft" only)
 
     @property
     def uses_critic(self) -> bool:
@@ -308,8 +435,16 @@ def _section(cd: ml_collections.ConfigDict, name: str, cls) -> Any:
     return _build_dataclass(cls, values, name)
 
 
-def from_config_dict(cd: ml_collections.ConfigDict, *, num_devices: int | None = None) -> ExperimentConfig:
-    """Converts and validates a ConfigDict. `num_devices` (default: `jax.device_count()`) checks the mesh."""
+def from_config_dict(cd: ml_collections.ConfigDict, *, num_devices: int | None = None, kind: str | None = None
+                     ) -> ExperimentConfig:
+    """Converts and validates a ConfigDict. `num_devices` (default: `jax.device_count()`) checks the mesh.
+
+    `kind` "sft" (or a saved config with `run_kind: "sft"`) makes the config of a `jaxalign sft` run: one
+    agent, `policy`, the SFT learner of the `sft` section (`sft_agent_spec`); `raw` then records
+    `run_kind: "sft"`, so the run directory's `config.json` rebuilds the same agent (export, eval)."""
+    kind = str(cd.get("run_kind", "rl")) if kind is None else kind
+    if kind not in RUN_KINDS:
+        raise ConfigError(f"run_kind={kind!r}; known: {', '.join(RUN_KINDS)}")
     for key in ("seed", "method"):
         if key not in cd:
             raise ConfigError(f"config is missing top-level '{key}'; start from configs/common.py:base_config()")
@@ -326,6 +461,13 @@ def from_config_dict(cd: ml_collections.ConfigDict, *, num_devices: int | None =
         str(name): _agent_spec(str(name), _merge_agent(top, own, str(name)), f"agents.{name}.")
         for name, own in agents_section.items()
     }
+    sft = None
+    raw = json.loads(cd.to_json_best_effort())
+    if kind == "sft":
+        sft = _sft_section(cd)
+        default = sft_agent_spec(default, sft)
+        agents = {DEFAULT_AGENT: default}
+        raw["run_kind"] = "sft"
     method_section = cd.get(method, ml_collections.ConfigDict())
     train = _section(cd, "train", TrainSpec)
     config = ExperimentConfig(
@@ -341,10 +483,12 @@ def from_config_dict(cd: ml_collections.ConfigDict, *, num_devices: int | None =
         logging=_section(cd, "logging", LoggingSpec),
         rewards=_section(cd, "rewards", RewardSpec),
         method_config=ml_collections.FrozenConfigDict(method_section),
-        raw=json.loads(cd.to_json_best_effort()),
+        raw=raw,
         critic=default.critic,
         agents=_freeze(agents),
-        stages=_stages(_plain(cd.get("stages")), tuple(agents), train.steps),
+        stages=_stages(_plain(cd.get("stages")) if kind == "rl" else None, tuple(agents), train.steps),
+        kind=kind,
+        sft=sft,
     )
     validate(config, num_devices=num_devices)
     return config
@@ -403,7 +547,25 @@ def _agent_spec(name: str, sections: Mapping[str, Any], where: str) -> AgentSpec
         algorithm=algorithm_spec,
         optim=OptimSpec(kwargs=_freeze(sections["optim"])),
         critic=_critic_section(sections.get("critic"), f"{where}critic"),
+        lora=_lora_section(sections.get("lora"), f"{where}lora"),
     )
+
+
+def _lora_section(values: Mapping[str, Any] | None, where: str = "lora") -> LoraSpec | None:
+    if values is None:
+        return None
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where} must be a section of {', '.join(f.name for f in dataclasses.fields(LoraSpec))}, "
+                          f"got {values!r}")
+    values = dict(_check_fields(LoraSpec, dict(values), where))
+    targets = values.get("targets", LORA_TARGETS)
+    if isinstance(targets, str):
+        targets = [t.strip() for t in targets.split(",") if t.strip()]
+    if not isinstance(targets, (list, tuple)) or not all(isinstance(t, str) for t in targets):
+        raise ConfigError(f"{where}.targets must be a list of projection names (or one comma-separated string) "
+                          f"out of {', '.join(LORA_TARGETS)}; got {targets!r}")
+    values["targets"] = tuple(targets)
+    return LoraSpec(**values)
 
 
 def _critic_section(values: Mapping[str, Any] | None, where: str = "critic") -> CriticSpec | None:
@@ -512,6 +674,9 @@ def validate(config: ExperimentConfig, *, num_devices: int | None = None) -> Non
             f"mesh data*fsdp*tensor = {data * fsdp * tensor} does not use all {num_devices} devices; set one "
             "axis to -1 to take the rest"
         )
+    if config.kind == "sft":
+        _validate_sft(config, batch_parallel=data * fsdp)
+        return
     named = list(config.agents) != [DEFAULT_AGENT]
     for agent in config.agents.values():
         try:
@@ -520,6 +685,53 @@ def validate(config: ExperimentConfig, *, num_devices: int | None = None) -> Non
             if named:
                 raise ConfigError(f"agent {agent.name!r}: {e}") from None
             raise
+
+
+def _validate_sft(config: ExperimentConfig, *, batch_parallel: int) -> None:
+    """Checks the `sft` section and the SFT learner (sizes against the mesh, optimizer, dtypes); the
+    rollout and RL algorithm sections are not used by `jaxalign sft`."""
+    sft, agent = config.sft, config.agent
+    if not isinstance(sft.data, str) or not sft.data.strip():
+        raise ConfigError("sft.data is empty; give a .jsonl file of {\"messages\": [...]} rows, "
+                          "\"embedded:<name>\" or a Hugging Face dataset (a local path or a hub name)")
+    for name in ("max_len", "batch_size", "micro_batches", "bucket_batches"):
+        value = getattr(sft, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ConfigError(f"sft.{name} must be a positive integer, got {value!r}")
+    for name in ("epochs", "steps", "eval_every", "eval_examples", "eval_batch_size"):
+        value = getattr(sft, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise ConfigError(f"sft.{name} must be an integer >= 0, got {value!r}")
+    if sft.steps == 0 and sft.epochs == 0:
+        raise ConfigError("sft.epochs and sft.steps are both 0; set epochs (passes over the data) or steps")
+    if not isinstance(sft.eval_fraction, (int, float)) or not 0 <= sft.eval_fraction < 1:
+        raise ConfigError(f"sft.eval_fraction must be in [0, 1), got {sft.eval_fraction!r}")
+    if sft.max_len < 2:
+        raise ConfigError(f"sft.max_len must be at least 2 tokens, got {sft.max_len}")
+    if sft.overlong not in SFT_OVERLONG_MODES:
+        raise ConfigError(f"sft.overlong={sft.overlong!r}; known: {', '.join(SFT_OVERLONG_MODES)}")
+    if sft.batch_size % sft.micro_batches:
+        raise ConfigError(f"sft.batch_size={sft.batch_size} is not divisible by sft.micro_batches="
+                          f"{sft.micro_batches}; change either")
+    micro = sft.batch_size // sft.micro_batches
+    if micro % batch_parallel:
+        raise ConfigError(f"SFT micro-batch size {micro} (= sft.batch_size {sft.batch_size} / micro_batches "
+                          f"{sft.micro_batches}) is not divisible by the mesh's batch-parallel size data*fsdp = "
+                          f"{batch_parallel}; raise sft.batch_size or lower sft.micro_batches")
+    eval_batch = sft.eval_batch_size or sft.batch_size
+    if eval_batch % batch_parallel:
+        raise ConfigError(f"sft.eval_batch_size={eval_batch} is not divisible by the mesh's batch-parallel size "
+                          f"data*fsdp = {batch_parallel}")
+    for name in ("param_dtype", "dtype"):
+        if getattr(agent.model, name) not in KNOWN_DTYPES:
+            raise ConfigError(f"model.{name}={getattr(agent.model, name)!r}; known: {', '.join(KNOWN_DTYPES)}")
+    try:
+        agent.optim.optim_config()
+    except ConfigError as e:
+        raise ConfigError(f"{e} (the SFT optimizer: optim overridden by sft.optim)") from None
+    agent.algorithm.loss_config(1.0)
+    if agent.lora is not None:
+        _validate_lora(agent)
 
 
 def _validate_agent(agent: AgentSpec, config: ExperimentConfig, *, batch_parallel: int) -> None:
@@ -575,15 +787,37 @@ def _validate_agent(agent: AgentSpec, config: ExperimentConfig, *, batch_paralle
         )
     if "temperature" in a.loss:
         raise ConfigError("algorithm.loss.temperature is taken from rollout.temperature; remove it")
-    a.advantage_config()
+    advantage = a.advantage_config()
     a.loss_config(r.temperature)
+    _validate_estimator_settings(a, advantage)
     _validate_groups(agent)
     if agent.uses_critic:
         _validate_critic(agent, config.train.steps)
+    if agent.lora is not None:
+        _validate_lora(agent)
     if not a.recompute_old_logprobs and (a.mini_batches > 1 or a.epochs > 1):
         raise ConfigError("algorithm.recompute_old_logprobs=False is exact only with one mini-batch and one "
                           "epoch per step; set it True or use mini_batches=1, epochs=1")
     agent.optim.optim_config()
+
+
+def _validate_estimator_settings(a: AlgorithmSpec, advantage) -> None:
+    """Settings the chosen estimator would silently ignore or misuse (`advantages.check_estimator_config`)."""
+    from jaxalign.algorithms.advantages import KL_IN_REWARD_ESTIMATORS
+
+    if advantage.kl_coef > 0 and a.estimator not in KL_IN_REWARD_ESTIMATORS:
+        raise ConfigError(
+            f"algorithm.advantage.kl_coef={advantage.kl_coef} puts KL in the reward, which "
+            f"algorithm.estimator={a.estimator!r} ignores (it sees sequence rewards only) while the reference "
+            f"pass would still run; put KL in the loss instead: algorithm.loss.kl_in='loss', "
+            f"algorithm.loss.kl_coef={advantage.kl_coef} (algorithm.loss.kl_estimator='k3' is the usual one), and "
+            f"algorithm.advantage.kl_coef=0. KL in the reward works with "
+            f"{', '.join(KL_IN_REWARD_ESTIMATORS)}")
+    if a.estimator == "reinforce_pp_baseline" and advantage.gamma != 1.0:
+        raise ConfigError(
+            f"algorithm.estimator='reinforce_pp_baseline' needs algorithm.advantage.gamma=1 (got "
+            f"{advantage.gamma}): its group-mean baseline is one of the undiscounted sequence reward; set gamma=1, "
+            "or use reinforce_pp or gae for discounted returns")
 
 
 def _validate_groups(agent: AgentSpec) -> None:
@@ -628,6 +862,32 @@ def _validate_critic(agent: AgentSpec, train_steps: int) -> None:
             raise ConfigError("critic.mode='shared' trains the value head through algorithm.loss.value_coef * "
                               "value_loss, so value_coef must be > 0; raise it or use a separate critic")
     critic.optim_config(agent.optim)
+
+
+def _validate_lora(agent: AgentSpec) -> None:
+    """Checks the `lora` section (checked also at rank 0, so that a typo shows before LoRA is switched on)."""
+    lora = agent.lora
+    if not isinstance(lora.rank, int) or isinstance(lora.rank, bool) or lora.rank < 0:
+        raise ConfigError(f"lora.rank must be an integer >= 0 (0 = full fine-tuning), got {lora.rank!r}")
+    if not isinstance(lora.alpha, (int, float)) or isinstance(lora.alpha, bool) or not lora.alpha > 0:
+        raise ConfigError(f"lora.alpha must be a number > 0 (the adapters are scaled by alpha / rank), got {lora.alpha!r}")
+    if not lora.targets:
+        raise ConfigError(f"lora.targets is empty; name one or more of {', '.join(LORA_TARGETS)}")
+    unknown = [t for t in lora.targets if t not in LORA_TARGETS]
+    if unknown:
+        raise ConfigError(f"lora.targets: unknown projection(s) {unknown}; known: {', '.join(LORA_TARGETS)}")
+    if len(set(lora.targets)) != len(lora.targets):
+        raise ConfigError(f"lora.targets names a projection twice: {list(lora.targets)}")
+    if not isinstance(lora.dropout, (int, float)) or not 0 <= lora.dropout < 1:
+        raise ConfigError(f"lora.dropout must be in [0, 1), got {lora.dropout!r}")
+    if lora.base_dtype not in ("",) + KNOWN_DTYPES:
+        raise ConfigError(f"lora.base_dtype={lora.base_dtype!r}; known: {', '.join(KNOWN_DTYPES)} "
+                          "(or \"\" for model.param_dtype)")
+    if lora.sampler not in LORA_SAMPLER_MODES:
+        raise ConfigError(f"lora.sampler={lora.sampler!r}; known: {', '.join(LORA_SAMPLER_MODES)}")
+    if lora.enabled and agent.uses_critic and agent.critic is not None and agent.critic.mode == "shared":
+        raise ConfigError("lora with critic.mode='shared' is not supported (the value head would train the frozen "
+                          "trunk); use critic.mode='separate' or lora.rank=0")
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:

@@ -1,5 +1,7 @@
-"""Runs: train, evaluate and export, with the method resolved by name (`jaxalign.methods.build_method`)
-and handed to the loop, which imports no method. The CLI and notebooks call these.
+"""Runs: train, supervised fine-tuning (`sft`), evaluate and export, with the method resolved by name
+(`jaxalign.methods.build_method`) and handed to the loop, which imports no method. The CLI and notebooks
+call these. A run directory holds one kind of run (`config.kind`: "rl" or "sft", `run_kind` in its
+`config.json`); export and eval work on both.
 
 A run directory holds the config in force (`config.json`) and, when a resume changed it, the history of
 the changes (`config_history.jsonl`, one JSON line per accepted resume: the step, each changed field with
@@ -26,10 +28,22 @@ log = logging.getLogger(__name__)
 
 # Config fields a resume may change freely: the run's length, how often it evaluates, checkpoints and
 # logs, how many checkpoints it keeps and what it shows. A field ending in "." is a whole section.
-RESUMABLE_FIELDS = ("train.steps", "train.eval_every", "checkpoint.every", "checkpoint.keep", "checkpoint.async_save",
-                    "logging.")
+RESUMABLE_FIELDS = ("train.steps", "train.eval_every", "train.eval_at_start", "train.skip_memory_check", "checkpoint.every",
+                    "checkpoint.keep", "checkpoint.async_save", "logging.")
+# A `jaxalign sft` run may also change its length and eval cadence, and every section SFT does not use (a
+# config file may serve both commands: its RL sections only matter to `jaxalign eval --workdir` of the SFT
+# run); an RL run does not use the `sft` section.
+SFT_RESUMABLE_FIELDS = ("sft.steps", "sft.epochs", "sft.eval_every", "train.", "rollout.", "algorithm.", "critic.",
+                        "agents", "stages", "rewards.", "method")
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "config_history.jsonl"
+
+
+def resumable_fields(config: ExperimentConfig) -> tuple[str, ...]:
+    """The fields a resume of `config`'s kind of run may change (see RESUMABLE_FIELDS)."""
+    if config.kind == "sft":
+        return RESUMABLE_FIELDS + SFT_RESUMABLE_FIELDS + (f"{config.method}.",)
+    return RESUMABLE_FIELDS + ("sft.",)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,10 +51,11 @@ class ConfigChange:
     field: str
     old: Any
     new: Any
+    free: tuple[str, ...] = RESUMABLE_FIELDS  # the fields a resume may change (`resumable_fields`)
 
     @property
     def resumable(self) -> bool:
-        return any(self.field == f or (f.endswith(".") and self.field.startswith(f)) for f in RESUMABLE_FIELDS)
+        return any(self.field == f or (f.endswith(".") and self.field.startswith(f)) for f in self.free)
 
     def __str__(self) -> str:
         return f"{self.field}: {_show(self.old)} \u2192 {_show(self.new)}"
@@ -62,12 +77,26 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: tree}
 
 
-def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[ConfigChange]:
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any], free: tuple[str, ...] = RESUMABLE_FIELDS
+                   ) -> list[ConfigChange]:
     """Every field (dotted path) whose value differs between two plain config dicts, sorted by name; a
-    list (e.g. `stages`) is one field."""
+    list (e.g. `stages`) is one field. `free`: the fields whose change is resumable."""
     a, b = _flatten(json.loads(json.dumps(old))), _flatten(json.loads(json.dumps(new)))
-    return [ConfigChange(k, a.get(k, _ABSENT), b.get(k, _ABSENT)) for k in sorted(set(a) | set(b))
-            if a.get(k, _ABSENT) != b.get(k, _ABSENT)]
+    return [ConfigChange(k, a.get(k, _ABSENT), b.get(k, _ABSENT), free) for k in sorted(set(a) | set(b))
+            if a.get(k, _ABSENT) != b.get(k, _ABSENT) and not (k not in a and _added_as_before(k, b))]
+
+
+# Fields added to the config after runs were saved, with the value that does what those runs did: a saved
+# config without the field resumes under that value as unchanged (any other value is a change).
+ADDED_FIELDS = {"model.init_from": "", "train.eval_at_start": True, "train.skip_memory_check": False,
+                "lora.rank": 0}
+
+
+def _added_as_before(key: str, new: Mapping[str, Any]) -> bool:
+    if key in ADDED_FIELDS:
+        return new[key] == ADDED_FIELDS[key]
+    # The other LoRA fields do nothing while the rank is 0 (full fine-tuning, as before LoRA existed).
+    return key.startswith("lora.") and new.get("lora.rank", 0) == 0
 
 
 def check_workdir(workdir: str | pathlib.Path, option: str = "--workdir") -> None:
@@ -102,8 +131,10 @@ class ResumePlan:
 def check_resume(config: ExperimentConfig, workdir: str | pathlib.Path, *,
                  allow_config_change: bool = False) -> ResumePlan:
     """Compares `config` with the run's saved config before anything is loaded; raises `ConfigError`
-    listing every changed field (`old → new`) when a field outside `RESUMABLE_FIELDS` changed and
-    `allow_config_change` is False. Reads only small files (no checkpoint is opened)."""
+    listing every changed field (`old → new`) when a field outside `resumable_fields(config)` changed and
+    `allow_config_change` is False, and when the directory holds the other kind of run (`jaxalign train`
+    vs `jaxalign sft`). Reads only small files (no checkpoint is opened). Whether an SFT run finished is
+    decided by its loop, which knows the number of steps only once the data is loaded."""
     from jaxalign.train.checkpoint import saved_steps, workdir_path
 
     check_workdir(workdir)
@@ -113,7 +144,15 @@ def check_resume(config: ExperimentConfig, workdir: str | pathlib.Path, *,
     if not steps or not config_file.exists():
         return ResumePlan(latest_step=None)  # nothing trained to resume: the loop starts the run over
     latest = steps[-1]
-    changes = tuple(config_changes(json.loads(config_file.read_text()), config.raw))
+    saved = json.loads(config_file.read_text())
+    saved_kind = saved.get("run_kind", "rl")
+    if saved_kind != config.kind:
+        if saved_kind == "sft":
+            raise ConfigError(f"{workdir} holds a supervised fine-tuning run (jaxalign sft, at step {latest}); to "
+                              f"start RL from it use a new --workdir with --config.model.init_from={workdir}")
+        raise ConfigError(f"{workdir} holds an RL run (jaxalign train, at step {latest}); use a new --workdir "
+                          "for jaxalign sft")
+    changes = tuple(config_changes(saved, config.raw, resumable_fields(config)))
     refused = [c for c in changes if not c.resumable]
     if refused and not allow_config_change:
         raise ConfigError(
@@ -121,7 +160,8 @@ def check_resume(config: ExperimentConfig, workdir: str | pathlib.Path, *,
             + "; ".join(str(c) for c in refused)
             + ". Resuming would change the experiment: use a new --workdir, or pass --allow-config-change to "
               "accept the change (recorded in " + HISTORY_FILE + ")")
-    return ResumePlan(latest_step=latest, changes=changes, finished=_finished(path, latest, config.train.steps))
+    finished = config.kind == "rl" and _finished(path, latest, config.train.steps)
+    return ResumePlan(latest_step=latest, changes=changes, finished=finished)
 
 
 def _finished(path, latest: int, steps: int) -> bool:
@@ -175,14 +215,23 @@ def train(config: ExperimentConfig, workdir: str | pathlib.Path, *, allow_config
     it logs "already finished at step N" and returns its result (`RunResult.already_finished`); raising
     `train.steps` continues it.
     """
-    import jax
-
     from jaxalign.methods.base import build_method
     from jaxalign.train.loop import train as train_loop
 
     plan = check_resume(config, workdir, allow_config_change=allow_config_change)
     if plan.finished:
         return _finished_result(config, workdir, plan.latest_step)
+    from jaxalign.memory import check_memory
+
+    check_memory(config)  # prints the per-device estimate; refuses (ConfigError) a layout that cannot fit
+    _accept_changes(config, workdir, plan)
+    return train_loop(config, workdir, build_method(config))
+
+
+def _accept_changes(config: ExperimentConfig, workdir, plan: ResumePlan) -> None:
+    """Logs the config changes of a resume and records them (process 0)."""
+    import jax
+
     if plan.changes:
         for change in plan.changes:
             level = logging.INFO if change.resumable else logging.WARNING
@@ -190,7 +239,22 @@ def train(config: ExperimentConfig, workdir: str | pathlib.Path, *, allow_config
                     "" if change.resumable else " (accepted by --allow-config-change)")
         if jax.process_index() == 0:
             record_changes(workdir, config, plan)
-    return train_loop(config, workdir, build_method(config))
+
+
+def sft(config: ExperimentConfig, workdir: str | pathlib.Path, *, allow_config_change: bool = False):
+    """Supervised fine-tuning (or its resume) of `config` (from `from_config_dict(cd, kind="sft")`) in
+    `workdir`; returns the loop's `RunResult` (`jaxalign.train.sft.train_sft`). The resume check is
+    `train`'s, with the SFT run's free fields (`resumable_fields`)."""
+    from jaxalign.train.sft import train_sft
+
+    if config.kind != "sft":
+        raise ConfigError("runs.sft needs an SFT config: from_config_dict(cd, kind='sft')")
+    plan = check_resume(config, workdir, allow_config_change=allow_config_change)
+    from jaxalign.memory import check_memory
+
+    check_memory(config)  # prints the per-device estimate; refuses (ConfigError) a layout that cannot fit
+    _accept_changes(config, workdir, plan)
+    return train_sft(config, workdir)
 
 
 def _finished_result(config: ExperimentConfig, workdir, step: int):
@@ -259,7 +323,7 @@ def evaluate_checkpoint(config: ExperimentConfig, workdir: str | pathlib.Path | 
     log.info("loaded in %.1f s", time.perf_counter() - start)
     method.apply_stage(config.stage_at(config.train.steps)[1].overrides)
     method.setup(agents)
-    _, eval_examples = method.load_data()
+    eval_examples = method.load_eval_data()  # no training-split work (e.g. value prediction)
     count = min(config.train.eval_examples or len(eval_examples), len(eval_examples))
     log.info("eval: %d examples, greedy (the first batch compiles)", count)
     start = time.perf_counter()
@@ -269,9 +333,11 @@ def evaluate_checkpoint(config: ExperimentConfig, workdir: str | pathlib.Path | 
     return metrics
 
 
-def export_checkpoint(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, agent: str | None = None) -> str:
-    """Writes one agent's policy of the latest checkpoint of `workdir` as an HF model directory; returns
-    the agent's name. `agent` may be omitted when the run has one."""
+def export_checkpoint(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, agent: str | None = None, *,
+                      adapter: bool = False) -> str:
+    """Writes one agent's policy of the latest checkpoint of `workdir` as an HF model directory (LoRA
+    adapters merged into the weights), or with `adapter` its LoRA adapters as a PEFT adapter directory for
+    the config's base model; returns the agent's name. `agent` may be omitted when the run has one."""
     from flax import nnx
 
     from jaxalign.models import export_hf
@@ -286,7 +352,24 @@ def export_checkpoint(workdir: str | pathlib.Path, out_dir: str | pathlib.Path, 
         agent = next(iter(config.agents))
     if agent not in config.agents:
         raise ConfigError(f"--agent {agent!r} is not an agent of {workdir}; its agents: {', '.join(config.agents)}")
+    spec = config.agents[agent]
+    if adapter and not spec.uses_lora:
+        raise ConfigError(f"--adapter: agent {agent!r} of {workdir} was fully fine-tuned (lora.rank=0), so it has no "
+                          "LoRA adapters; export the whole model without --adapter")
     chosen = restored_agents(config, workdir)[agent]
     # `policy_params` is the policy alone, also when a shared value head lives in the same train state.
-    export_hf(nnx.merge(chosen.graphdef, chosen.policy_params), chosen.tokenizer, str(out_dir))
+    policy = nnx.merge(chosen.graphdef, chosen.policy_params)
+    if adapter:
+        from jaxalign.models.hf import export_peft
+
+        export_peft(policy, str(out_dir), base_model=_peft_base_name(spec.model.spec))
+    else:
+        export_hf(policy, chosen.tokenizer, str(out_dir))
     return agent
+
+
+def _peft_base_name(spec: str) -> str:
+    """`base_model_name_or_path` of an exported adapter: a local model as an absolute path, else the spec."""
+    import os
+
+    return os.path.abspath(spec) if os.path.exists(spec) else spec

@@ -170,6 +170,45 @@ def test_ppo_gradient_is_zero_where_clipped_and_dual_clip_caps():
     assert float(metrics["clipped_sum"]) == 3.0
 
 
+def ppo_grad_formula(log_ratio, a, clip_low, clip_high, dual):
+    """d loss / d logp of one PPO-clip token, by hand: -A * ratio where the unclipped branch decides the loss
+    (A > 0 and ratio < 1 + clip_high, or A < 0 and ratio > 1 - clip_low, and not capped by the dual clip at
+    ratio > c), else 0."""
+    r = np.exp(np.float64(log_ratio))
+    unclipped = (a > 0 and r < 1 + clip_high) or (a < 0 and r > 1 - clip_low)
+    if dual is not None and a < 0 and r > dual:
+        unclipped = False
+    return -a * r if unclipped else 0.0
+
+
+@pytest.mark.parametrize("dual_clip", [None, 3.0])
+def test_ppo_gradient_at_extreme_ratios_matches_the_formula(dual_clip):
+    """Log-ratios far beyond exp's float32 range (~88.7) give the formula's gradient, not NaN; inside the
+    documented bound |log-ratio| <= 20 the gradient is exact, beyond it the ratio is held (gradient 0)."""
+    cfg = LossConfig(clip_low=0.2, clip_high=0.28, dual_clip=dual_clip, aggregation="token_mean")
+    log_ratio = np.array([100.0, 100.0, 90.0, -100.0, -100.0, 15.0, 15.0, 0.1, -0.1, 19.0], np.float32)
+    adv = np.array([1.0, -1.0, 2.0, 1.0, -1.0, -1.0, 0.5, 1.0, -1.0, -0.5], np.float32)
+    old = np.full((1, log_ratio.size), -3.0, np.float32)
+    logp, adv, mask = old + log_ratio[None], adv[None], np.ones_like(old)
+    w = loss_weights(mask, "token_mean")
+
+    grad = np.asarray(jax.grad(lambda lp: policy_objective(cfg, lp, old, adv, w, mask)[0])(jnp.asarray(logp)))
+    assert np.all(np.isfinite(grad))
+    want = np.array([ppo_grad_formula(d, a, 0.2, 0.28, dual_clip) for d, a in zip(log_ratio, adv[0])])
+    inside = np.abs(log_ratio) <= 20.0
+    np.testing.assert_allclose(grad[0, inside], want[inside] / log_ratio.size, rtol=1e-5, atol=1e-12)
+    # Beyond the bound the formula's gradient is 0 (clipped, dual-capped) or ~0 (ratio e^-100), and so is the
+    # library's, except for A < 0 without dual clip (token 1): the formula's -A * e^100 overflows float32 and
+    # the held ratio gives 0 instead.
+    np.testing.assert_array_equal(grad[0, ~inside], 0.0)
+    differs = np.abs(want) > 1e30
+    assert differs.tolist() == [False, dual_clip is None] + [False] * 8
+    np.testing.assert_allclose(grad[0, ~differs], want[~differs] / log_ratio.size, rtol=1e-5, atol=1e-30)
+    loss, metrics = policy_objective(cfg, logp, old, adv, w, mask)
+    assert np.isfinite(float(loss)) and np.isfinite(float(metrics["ratio_sum"]))
+    assert float(finalize_metrics(metrics)["ratio_max"]) == pytest.approx(np.exp(20.0), rel=1e-5)
+
+
 def test_metrics_combine_across_splits():
     cfg = CASES[2]
     mask, old, logp, ref, sampler, adv, ent = make_inputs(7)

@@ -1,15 +1,47 @@
-"""The GTAlign notebook's Python cells run as written (shell and install lines are skipped)."""
+"""The GTAlign notebook runs top to bottom in a Jupyter kernel with its tiny setup: the walk-through of the
+format, the scores and pricing steering, then the cold start and RL, the report and the before/after
+table."""
 
-from notebooks import run_python_cells
+import pytest
+
+from notebooks import committed_without_outputs, execute_notebook, images, text_output
+
+NOTEBOOK = "gtalign_walkthrough.ipynb"
 
 
-def test_gtalign_notebook_python_cells_run(capsys):
-    ran = run_python_cells("colabs/gtalign_walkthrough.ipynb", {})
-    out = capsys.readouterr().out
-    assert ran == 4
+def test_committed_without_outputs():
+    assert committed_without_outputs(NOTEBOOK)
+
+
+@pytest.fixture(scope="module")
+def executed(tiny_chat_model_dir, tmp_path_factory):
+    notebook = execute_notebook(NOTEBOOK, model_dir=tiny_chat_model_dir,
+                                tmp_path=tmp_path_factory.mktemp("gtalign_nb"))
+    return notebook, text_output(notebook)
+
+
+def test_walkthrough_scores_and_steers(executed):
+    _, out = executed
     assert "Question: Ann has 7 apples" in out
     assert "parse_ok             1.000" in out and "answer_llm           1.000" in out
     assert "welfare choice: DQ_DA" in out
     assert "API pricing" in out and "choice DQ_DA -> DQ_AQ" in out  # the subscription flips the choice
     reward = float(out.split("reward W = sqrt(U L) = ")[1].split()[0])
     assert 0.3 < reward < 1.0
+
+
+def test_cold_start_then_rl_with_report_and_table(executed):
+    notebook, out = executed
+    assert "install skipped" in out
+    assert out.count("memory per device (estimate)") == 2  # the SFT run and the RL run
+    assert "cold start: 2 steps; RL: 2 steps" in out
+    table = {line.split()[0]: line.split()[1:] for line in out.splitlines()
+             if line.startswith("eval/") and len(line.split()) == 4}
+    for key in ("eval/format", "eval/parsed", "eval/answer"):  # percentages
+        before, after, _ = map(float, table[key])
+        assert 0.0 <= before <= 100.0 and 0.0 <= after <= 100.0, key
+    for key in ("eval/user_welfare", "eval/llm_welfare", "eval/welfare"):
+        before, after, _ = map(float, table[key])
+        assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0, key
+    shown = images(notebook)
+    assert len(shown) == 1 and shown[0][:8] == b"\x89PNG\r\n\x1a\n"

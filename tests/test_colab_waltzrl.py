@@ -1,11 +1,15 @@
-"""The WaltzRL notebook's Python cells run as written (shell and install lines are skipped): its tiny setup
-trains both agents through the two stages and prints the curves' values and the before/after eval table."""
+"""The WaltzRL notebook runs top to bottom in a Jupyter kernel with its tiny setup: both agents train through
+the two stages; it prints the per-step table, shows the report and prints the before/after eval table."""
 
 import math
-import pathlib
-import shutil
 
-from notebooks import run_python_cells
+from notebooks import committed_without_outputs, execute_notebook, images, text_output
+
+NOTEBOOK = "waltzrl_demo.ipynb"
+
+
+def test_committed_without_outputs():
+    assert committed_without_outputs(NOTEBOOK)
 
 
 def _table_rows(out: str, header_start: str) -> list[list[str]]:
@@ -20,38 +24,31 @@ def _table_rows(out: str, header_start: str) -> list[list[str]]:
     return rows
 
 
-def test_waltzrl_notebook_python_cells_run(capsys):
-    namespace: dict = {}
-    try:
-        ran = run_python_cells("colabs/waltzrl_demo.ipynb", namespace)
-        _check_output(capsys.readouterr().out, pathlib.Path(namespace["WORKDIR"]))
-    finally:  # the notebook's temporary run and model directories
-        if "WORKDIR" in namespace:
-            shutil.rmtree(namespace["WORKDIR"], ignore_errors=True)
-        if "TINY_MODEL_DIR" in namespace:
-            shutil.rmtree(pathlib.Path(namespace["TINY_MODEL_DIR"]).parent, ignore_errors=True)
-    assert ran == 6
-
-
-def _check_output(out: str, workdir: pathlib.Path) -> None:
+def test_notebook_trains_both_agents_through_two_stages(tiny_chat_model_dir, tmp_path):
+    notebook = execute_notebook(NOTEBOOK, model_dir=tiny_chat_model_dir, tmp_path=tmp_path)
+    out = text_output(notebook)
     # The configuration: two agents, two stages, the demo's method section.
     assert "agent conversation" in out and "agent feedback" in out
     assert "stage 0: 2 steps, trains feedback, overrides {'lam': 0.25}" in out
     assert "stage 1: the remaining steps, trains conversation, feedback, overrides {'lam': 0.0}" in out
     assert "judge=rule  dataset=embedded  alpha=0.65 lam=0.25 gamma=0.1" in out
+    # The memory estimate has a column per agent.
+    header = out.splitlines()[out.splitlines().index(
+        next(line for line in out.splitlines() if line.startswith("memory per device"))) + 1]
+    assert header.split() == ["conversation", "feedback"]
 
     # Training ran 4 steps, 2 per stage, and recorded both agents' rewards and the episode metrics.
-    assert "trained 4 steps in" in out
+    assert "trained 4 steps" in out
     rows = _table_rows(out, "step  stage")
     assert [row[:2] for row in rows] == [["1", "0"], ["2", "0"], ["3", "1"], ["4", "1"]]
     for row in rows:
         r_c, r_f, ftr, parse_rate = map(float, row[2:])
         assert 0.0 <= r_c <= 1.0 and -0.55 <= r_f <= 1.0 and 0.0 <= ftr <= 1.0 and 0.0 <= parse_rate <= 1.0
-    assert (workdir / "waltzrl_curves.png").stat().st_size > 0
+    shown = images(notebook)
+    assert len(shown) == 1 and shown[0][:8] == b"\x89PNG\r\n\x1a\n"
 
     # The before/after table has the paper's metrics; the 4 eval requests are 2 harmful and 2 benign.
-    rows = [line.split() for line in out.splitlines()]
-    table = {row[0]: row[1:] for row in rows if row and row[0].startswith("eval/")}
+    table = {row[0]: row[1:] for row in (line.split() for line in out.splitlines()) if row and row[0].startswith("eval/")}
     for key in ("eval/asr", "eval/orr", "eval/ftr", "eval/f1", "eval/label_acc", "eval/parse_rate"):
         assert key in table, key
         before, after, _ = map(float, table[key])

@@ -141,29 +141,14 @@ CLEAR = {"prompt": "Ann has 7 apples and gets 5 more. How many?", "data_source":
          "ambiguous": False}
 
 
-def test_features_of_a_complete_reply():
-    text = completion()
-    f = gtalign_features(text, MATH)
-    reasoning = text.split("<response>")[0]
-    assert f["parse_ok"] == f["format"] == f["answer_user"] == f["answer_llm"] == 1.0
-    assert f["quality"] == pytest.approx(game.matrix_quality(MATRIX))
-    assert f["pareto"] == 1.0 and f["welfare_consistent"] == 1.0 and f["action_DA"] == 1.0
-    assert f["response_band"] == pytest.approx(game.band_score(4, 20, 500))
-    assert f["reasoning_brevity"] == pytest.approx(math.exp(-len(reasoning) / 500))
-    assert f["full_band"] == pytest.approx(game.band_score(len(text.split()), 500, 1000))
-    assert f["response_ratio"] == pytest.approx(len("The answer is 12.") / len(text))
-    wrong = gtalign_features(completion(response="It is 13."), MATH)
-    assert wrong["answer_user"] == wrong["answer_llm"] == 0.0 and wrong["parse_ok"] == 1.0
-
-
-def test_ambiguity_answer_terms_follow_the_chosen_action():
+def test_ambiguity_answer_terms_and_the_chosen_action():
     ask = completion(analyze="Pick VQ_CQ.", response="Which device is broken?")
     answer = completion(analyze="Pick DQ_DA.", response="You will have 12 apples.")
     assert gtalign_features(ask, VAGUE)["answer_llm"] == 1.0
     assert gtalign_features(answer, VAGUE)["answer_llm"] == 0.0
     assert gtalign_features(answer, CLEAR)["answer_llm"] == 1.0
     assert gtalign_features(ask, CLEAR)["answer_llm"] == 0.0
-    # No key named in <analyze>: the action is read off the reply (a short question is CQ).
+    # The analysis chooses nothing: the action is read off the reply (a question alone is CQ).
     unnamed = completion(analyze="Asking is best.", response="Which device is broken?")
     f = gtalign_features(unnamed, VAGUE)
     assert f["action_CQ"] == 1.0 and f["answer_llm"] == 1.0 and f["welfare_consistent"] == 0.0
@@ -253,8 +238,8 @@ def test_rows_in_the_reference_schema_and_the_flat_one():
     flat = example_from_row({"question": "2+2?", "data_source": "math", "answer": 4}, 2)
     assert flat == {"prompt": "2+2?", "first_question": None, "data_source": "math", "answer": "4",
                     "ambiguous": False, "index": 2}
-    with pytest.raises(ValueError, match="row 3: data_source 'wildguard' is not supported"):
-        example_from_row({**row, "data_source": "wildguard"}, 3)
+    with pytest.raises(ValueError, match="row 3: data_source 'code_contests' is not supported"):
+        example_from_row({**row, "data_source": "code_contests"}, 3)
     with pytest.raises(ValueError, match="row 4: no ground truth"):
         example_from_row({"question": "q", "data_source": "math"}, 4)
     with pytest.raises(ValueError, match="row 5: ambiguity ground truth"):
@@ -288,7 +273,7 @@ def test_load_data_from_a_local_file_and_the_embedded_set(tmp_path):
     ({"num_train": 0}, "must be > 0 for the embedded set"),
     ({"response_words": (500, 20)}, "low < high"),
     ({"reasoning_scale": 0}, "reasoning_scale"),
-    ({"judge": "x"}, "unknown keys"),
+    ({"no_such_field": "x"}, "unknown keys"),
 ])
 def test_config_errors(fields, message):
     with pytest.raises(ValueError, match=message):

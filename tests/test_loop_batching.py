@@ -61,3 +61,39 @@ def test_minibatch_split_is_a_partition_and_micro_batches_reshape():
     parts = batching.split_minibatches(12, 3, seed=0, step=4, epoch=0)
     assert sorted(np.concatenate(parts).tolist()) == list(range(12)) and all(len(p) == 4 for p in parts)
     assert batching.to_micro_batches(np.arange(12).reshape(6, 2), 3).shape == (3, 2, 2)
+
+
+def test_learner_leaves_failed_samples_out_of_the_group_statistics():
+    """The learner hands the samples' ok mask to the estimator: a failed sample, whose reward the episode
+    filled with its group's mean, counts neither in RLOO's k nor in GRPO's std (rewards [1, 0, 1, failed]:
+    RLOO gives sample 0 an advantage of 0.5, not the 0.444 of a group of four)."""
+    from types import SimpleNamespace
+
+    from jaxalign.algorithms.advantages import AdvantageConfig
+    from jaxalign.train import learner
+    from jaxalign.train.samples import Samples
+
+    ok = np.array([True, True, True, False, True, True, True, True])
+    rewards = batching.fill_failed_rewards(np.array([1, 0, 1, np.nan, 3, 1, 2, 2], np.float32), ok, 4)
+    n, r = 8, 3
+    samples = Samples(
+        context_ids_np=np.ones((n, 2), np.int32), context_mask_np=np.ones((n, 2), np.int32),
+        response_ids_np=np.ones((n, r), np.int32), response_mask_np=np.ones((n, r), np.int32),
+        logprobs_np=np.full((n, r), -1.0, np.float32), rewards_n=rewards, ok_n=ok,
+        group_ids_n=np.repeat(np.arange(2), 4).astype(np.int32))
+
+    def advantages(estimator):
+        algorithm = SimpleNamespace(estimator=estimator, recompute_old_logprobs=False,
+                                    advantage_config=lambda: AdvantageConfig(estimator=estimator, eps=0.0))
+        agent = SimpleNamespace(spec=SimpleNamespace(rollout=SimpleNamespace(max_prompt_len=4), algorithm=algorithm),
+                                ref_params=None, has_critic=False)
+        batch = learner.prepare(agent, samples, mesh=None)
+        return np.asarray(batch.advantages)[:, -r:]  # the response columns
+
+    rloo = advantages("rloo")
+    # Group 0: 1 - (0 + 1)/2, 0 - (1 + 1)/2, 1 - (1 + 0)/2, failed. Group 1 (all valid, k = 4): r - mean of others.
+    want = [0.5, -1.0, 0.5, 0.0, 3 - 5 / 3, 1 - 7 / 3, 2 - 2.0, 2 - 2.0]
+    np.testing.assert_allclose(rloo, np.repeat(np.array(want)[:, None], r, axis=1), rtol=1e-5, atol=1e-6)
+    grpo = advantages("grpo")
+    s = np.sqrt(1.0 / 3.0)  # unbiased std of [1, 0, 1]
+    np.testing.assert_allclose(grpo[:4, 0], [(1 / 3) / s, (-2 / 3) / s, (1 / 3) / s, 0.0], rtol=1e-5)

@@ -11,6 +11,8 @@ from jaxalign.rewards.judges import (
     EquivalenceJudge,
     judge_correctness,
     judge_messages,
+    judge_replies,
+    parse_tagged_value,
     parse_yes_no,
     rule_checkable,
     rule_features,
@@ -50,10 +52,20 @@ def oracle_reply(messages):
         ("Final answer: no", False),
         ("YES, the final answer 7 matches the reference.", True),
         ("NO - the student wrote 8", False),
+        ("Final: YES", True),  # a label, then the verdict
+        ("**Verdict:** no", False),
+        ("Final verdict - Yes", True),
+        ("YES ... no difference between 0.5 and 1/2", True),  # the explanation's "no" is not a verdict
+        ("Yes, there is no error.", True),
+        ("NO, no match.", False),  # the same verdict twice
         ("Yes and no", None),
+        ("yes/no", None),
+        ("YES or NO?", None),
+        ("NO. Yes, 8 is right after all.", None),  # the opposite verdict stands later
         ("Maybe", None),
         ("", None),
         ("The answer is YES", None),  # the verdict must come first
+        ("Final", None),
         ("Nope", None),
         ("Yesterday", None),
     ],
@@ -101,6 +113,39 @@ def test_judge_input_errors():
     judge = EquivalenceJudge(StubSampler(oracle_reply), sampling_params=None)
     with pytest.raises(ValueError, match="as many questions"):
         judge.judge(["q"], ["a", "b"], ["1"], key=None)
+
+
+@pytest.mark.parametrize("reply, tag, allowed, value", [
+    ("<score>3</score>", "score", (0, 1, 2, 3, 4), 3.0),
+    ("The reply is clear and complete. <score> 4 </score>", "score", (0, 1, 2, 3, 4), 4.0),  # text around is ignored
+    ("<SCORE>1.0</SCORE>", "score", (0, 0.5, 1), 1.0),
+    ("<po>0.5</po>", "po", (0, 0.5, 1), 0.5),
+    ("<score>2.5</score>", "score", (0, 1, 2, 3, 4), None),  # not an allowed value
+    ("<score>0.5</score>", "score", (0, 1), None),
+    ("<score>-1</score>", "score", (0, 1, 2, 3, 4), None),
+    ("<score>3/4</score>", "score", (0, 1, 2, 3, 4), None),
+    ("<score>three</score>", "score", (0, 1, 2, 3, 4), None),
+    ("<score>**3**</score>", "score", (0, 1, 2, 3, 4), None),
+    ("<score></score>", "score", (0, 1, 2, 3, 4), None),
+    ("<score>3", "score", (0, 1, 2, 3, 4), None),  # unclosed
+    ("3", "score", (0, 1, 2, 3, 4), None),  # no tag
+    ("<score>3</score> or maybe <score>3</score>", "score", (0, 1, 2, 3, 4), None),  # repeated
+    ("<score>3</score></score>", "score", (0, 1, 2, 3, 4), None),
+    ("<po>1</po>", "score", (0, 1, 2, 3, 4), None),  # another tag
+])
+def test_parse_tagged_value(reply, tag, allowed, value):
+    assert parse_tagged_value(reply, tag, allowed) == value
+
+
+def test_judge_replies_send_what_fits_and_keep_the_order():
+    sampler = SizedStubSampler(lambda messages: "reply to " + messages[-1]["content"][:6])
+    prompts = [[{"role": "user", "content": "first prompt"}], [{"role": "user", "content": "word " * 200}],
+               [{"role": "user", "content": "third prompt"}]]
+    assert judge_replies(sampler, prompts, "sp", "key", batch_size=2) == ["reply to first ", None, "reply to third "]
+    (sent, sp, key, chat), = sampler.calls
+    assert [p[0]["content"] for p in sent] == ["first prompt", "third prompt"] and sampler.batch_size == 2
+    assert (sp, key, chat) == ("sp", "key", True)
+    assert judge_replies(StubSampler(lambda m: "x"), [], "sp", "key") == []
 
 
 @pytest.mark.parametrize("reference, checkable", [
@@ -162,37 +207,48 @@ def test_judge_correctness_routes_and_fails_samples():
         judge_correctness(judge, ["a"], ["q", "q"], ["1"], {}, [True], key=None)
 
 
-class ByteTokenizer:
-    """Bytes 1..254 as tokens, 255 as EOS, 0 as padding; a plain-text chat template."""
+class WordTokenizer:
+    """Id 0 is the word `word`, ids 1..254 are bytes, 255 is EOS and 1 pads; a plain-text chat template.
+    A model whose logits are all equal always emits id 0 greedily, so its reply is `word` repeated."""
 
     eos_token_ids = (255,)
-    pad_id = 0
+    pad_id = 1
     vocab_size = 256
 
+    def __init__(self, word):
+        self.word = word
+
     def encode(self, text):
-        return [min(max(b, 1), 254) for b in text.encode("utf-8")]
+        return [min(max(b, 2), 254) for b in text.encode("utf-8")]
 
     def decode(self, ids):
-        return bytes(int(i) for i in ids if 0 < int(i) < 255).decode("utf-8", errors="replace")
+        parts = [f" {self.word} " if int(i) == 0 else chr(int(i)) for i in ids if int(i) != 1 and int(i) < 255]
+        return " ".join("".join(parts).split())
 
     def apply_chat_template(self, messages, add_generation_prompt=True):
         text = "".join(f"<{m['role']}>{m['content']}\n" for m in messages)
         return self.encode(text + ("<assistant>" if add_generation_prompt else ""))
 
 
-def test_judge_runs_through_the_real_sampler_on_a_tiny_random_model():
+@pytest.mark.parametrize("word, reply, verdict", [
+    ("YES", "YES YES YES", True),
+    ("no", "no no no", False),
+    ("Maybe", "Maybe Maybe Maybe", None),
+])
+def test_judge_runs_through_the_real_sampler_on_a_tiny_model(word, reply, verdict):
     jax = pytest.importorskip("jax")
+    import jax.numpy as jnp
     from flax import nnx
 
     from jaxalign.models import Transformer, get_preset
     from jaxalign.rollout import Sampler, SamplingParams
 
     model = Transformer(get_preset("tiny", max_position_embeddings=2048), rngs=nnx.Rngs(0))
-    sampler = Sampler(model, ByteTokenizer(), max_prompt_len=1024)  # one token per byte
-    judge = EquivalenceJudge(sampler, SamplingParams(max_new_tokens=4, greedy=True, n=1))
+    model.final_norm.value = jnp.zeros_like(model.final_norm.value)  # every logit 0: greedy emits id 0
+    sampler = Sampler(model, WordTokenizer(word), max_prompt_len=1024, cache_dtype="float32")
+    judge = EquivalenceJudge(sampler, SamplingParams(max_new_tokens=3, greedy=True, n=1))
     verdicts = judge.judge(["What is 2 + 2?", "What is 1 + 1?"], ["Answer: 4", "Answer: 3"], ["4", "2"],
                            key=jax.random.key(0))
-    assert len(verdicts) == 2
-    for verdict in verdicts:  # random weights: the reply is noise, but it went through parse_yes_no
-        assert isinstance(verdict.reply, str)
-        assert verdict.correct is parse_yes_no(verdict.reply)
+    assert [v.reply for v in verdicts] == [reply, reply]
+    assert [v.correct for v in verdicts] == [verdict, verdict]
+    assert not any(v.too_long for v in verdicts)

@@ -137,6 +137,89 @@ def test_predicted_value_source_with_a_stub_predictor():
     assert [e["reward_value"] for e in direct.load_data()[0]][:1] == pytest.approx([12 / totals[0]])
 
 
+def _word_model(out_dir, first_word, *, constant_reply, seed=0):
+    """A random tiny model with a 256-word tokenizer (`first_word` at id 0, '</s>' eos) and a plain chat
+    template; with `constant_reply` its final norm is zero, so greedy decoding always says `first_word`."""
+    import jax.numpy as jnp
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from jaxalign.models import export_hf, load_model
+    from jaxalign.models.tokenizer import Tokenizer as OurTokenizer
+
+    vocab = {first_word: 0, "<pad>": 1, "</s>": 2, **{f"w{i}": i for i in range(3, 256)}}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="</s>", pad_token="<pad>")
+    tok.chat_template = "{% for m in messages %}{{ m['content'] }} {% endfor %}"
+    model, _ = load_model("random:tiny", seed=seed)
+    if constant_reply:
+        model.final_norm.value = jnp.zeros_like(model.final_norm.value)
+    export_hf(model, OurTokenizer(tok), str(out_dir))
+    return str(out_dir)
+
+
+@pytest.fixture(scope="module")
+def word_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rlev_models")
+    return {"seven": _word_model(root / "seven", "7", constant_reply=True),
+            "policy": _word_model(root / "policy", "w0", constant_reply=False, seed=3)}
+
+
+def test_predictor_model_predicts_the_values_instead_of_the_policy(word_models):
+    policy = ScriptedSampler(["12"])  # would give 12 / total if it were asked
+    policy.max_prompt_len = 400
+    rlev = method(value_source="predicted", num_train=6, predictor_model=word_models["seven"])
+    rlev.setup({"policy": SimpleNamespace(sampler=policy, tokenizer=None, name="policy")})
+    assert rlev.score_predictor is None  # nothing loaded before load_data needs it
+    train, _ = rlev.load_data()
+    assert policy.prompts is None
+    # The predictor model always replies "7 7 ...": 7 points, clipped to the exam's total.
+    for example in train:
+        assert example["reward_value"] == pytest.approx(min(7.0, example["total"]) / example["total"])
+    report = rlev.data_report["predicted_values"]
+    assert report["failed"] == 0 and report["model"] == word_models["seven"]
+    assert rlev.score_predictor is None  # released after the pass
+
+
+def test_predictor_model_config_errors():
+    with pytest.raises(ValueError, match="value_source='ground_truth' never uses it"):
+        RLEVConfig(predictor_model="/models/predictor")
+    with pytest.raises(ValueError, match="no tokenizer"):
+        RLEVConfig(value_source="predicted", predictor_model="random:tiny")
+    assert RLEVConfig(value_source="predicted", predictor_model="").predictor_model == ""
+
+
+def test_eval_of_a_predicted_value_run_runs_no_value_prediction(word_models, monkeypatch):
+    """`jaxalign eval` needs the eval split only: the policy's sampler is never run over the training split
+    to predict values, and a `predictor_model` is never loaded."""
+    import ml_collections
+
+    from jaxalign import runs
+    from jaxalign.config import apply_overrides, from_config_dict, load_config_file
+    from jaxalign.methods.rlev import method as rlev_method
+
+    def never(*args, **kwargs):
+        raise AssertionError("eval ran the value predictor")
+
+    monkeypatch.setattr(ScorePredictor, "predict", never)
+    monkeypatch.setattr(rlev_method, "build_score_predictor", never)
+    overrides = {"method": "rlev", "model.spec": word_models["policy"], "rollout.max_prompt_len": 96,
+                 "rollout.max_new_tokens": 4, "train.eval_examples": 4, "logging.progress": False,
+                 "rewards.num_workers": 0}
+    cd = apply_overrides(load_config_file("configs/tiny_test.py"), {k: str(v) for k, v in overrides.items()})
+    with cd.unlocked():
+        cd.rlev = ml_collections.ConfigDict(dict(value_source="predicted", num_train=8, num_eval=4))
+    metrics = runs.evaluate_checkpoint(from_config_dict(cd), None)
+    assert metrics["eval/failed"] == 0.0 and 0.0 <= metrics["eval/acc"] <= 100.0
+    # With a predictor model: setup takes the policy's sampler, the eval split loads, nothing else.
+    rlev = method(value_source="predicted", num_train=8, num_eval=4, predictor_model=word_models["seven"])
+    rlev.setup({"policy": SimpleNamespace(sampler=ScriptedSampler(["12"]), tokenizer=None, name="policy")})
+    held_out = rlev.load_eval_data()
+    assert len(held_out) == 4 and all("reward_value" not in e for e in held_out)
+    assert held_out == method(num_train=8, num_eval=4).load_data()[1]
+
+
 def test_parse_predicted_score():
     assert parse_predicted_score("7.5", 10) == 7.5
     assert parse_predicted_score("about 30", 10) == 10
@@ -147,27 +230,36 @@ def test_parse_predicted_score():
         ScorePredictor(object(), None, None)
 
 
-def grpo_np(rewards_gk, eps=1e-6):
-    mean = rewards_gk.mean(axis=1, keepdims=True)
-    std = rewards_gk.std(axis=1, ddof=1, keepdims=True)
-    return (rewards_gk - mean) / (std + eps)
-
-
-def rloo_np(rewards_gk):
-    k = rewards_gk.shape[1]
-    return rewards_gk - (rewards_gk.sum(axis=1, keepdims=True) - rewards_gk) / (k - 1)
-
-
 def test_grpo_std_normalisation_cancels_the_value_scale_but_rloo_does_not():
+    """Through the library: RLEVMethod's rewards into the library's estimators, against hand values."""
+    from jaxalign.algorithms.advantages import AdvantageConfig, compute_advantages, group_ids
+
     correct_gk = np.array([[1.0, 0.0, 0.0, 1.0], [1.0, 1.0, 1.0, 0.0], [0.0, 1.0, 0.0, 0.0]])
-    values_g = np.array([0.01, 0.05, 0.2])
-    values_gk = np.repeat(values_g[:, None], 4, axis=1)
-    rlev_gk = reward_np("human", correct_gk.ravel(), values_gk.ravel()).reshape(3, 4)
-    scale_g = 1 + np.minimum(10 * values_g, 1)
-    np.testing.assert_allclose(rlev_gk, scale_g[:, None] * correct_gk, rtol=1e-6)
-    np.testing.assert_allclose(grpo_np(rlev_gk), grpo_np(correct_gk), atol=1e-5)
-    np.testing.assert_allclose(rloo_np(rlev_gk), scale_g[:, None] * rloo_np(correct_gk), rtol=1e-5)
-    assert not np.allclose(rloo_np(rlev_gk), rloo_np(correct_gk), atol=1e-3)
+    examples = [{"prompt": f"q{g}", "answer": "1", "value": v} for g, v in enumerate((0.01, 0.05, 0.2))
+                for _ in range(4)]  # s(x) = 1 + min(10 v, 1) = 1.1, 1.5, 2.0
+    rlev_n, _ = method().rewards({"correct": correct_gk.ravel()}, examples)
+    plain_n, _ = method(reward="correctness").rewards({"correct": correct_gk.ravel()}, examples)
+    np.testing.assert_allclose(rlev_n, [1.1, 0, 0, 1.1, 1.5, 1.5, 1.5, 0, 0, 2.0, 0, 0], rtol=1e-6)
+    gids, mask = group_ids(12, 4), np.ones((12, 2), np.float32)
+
+    def adv(name, rewards, **fields):
+        out = compute_advantages(name, AdvantageConfig(eps=1e-9, **fields), rewards, gids, mask)[0]
+        return np.asarray(out)[:, 0].reshape(3, 4)
+
+    # GRPO with the group std: (c - mean) / std of each group, whatever s(x) is (unbiased std: sqrt(1/3), 0.5,
+    # 0.5), so RLEV's rewards give exactly the correctness advantages.
+    h = 0.5 / np.sqrt(1.0 / 3.0)
+    grpo_hand = [[h, -h, -h, h], [0.5, 0.5, 0.5, -1.5], [-0.5, 1.5, -0.5, -0.5]]
+    np.testing.assert_allclose(adv("grpo", rlev_n), grpo_hand, rtol=1e-5)
+    np.testing.assert_allclose(adv("grpo", plain_n), grpo_hand, rtol=1e-5)
+    # RLOO, r_i - mean of the others: s(x) times the correctness advantages (2/3, 1/3 and 1, -1, ...).
+    rloo_hand = [[1.1 * 2 / 3, -1.1 * 2 / 3, -1.1 * 2 / 3, 1.1 * 2 / 3], [0.5, 0.5, 0.5, -1.5],
+                 [-2 / 3, 2.0, -2 / 3, -2 / 3]]
+    np.testing.assert_allclose(adv("rloo", rlev_n), rloo_hand, rtol=1e-5)
+    # GRPO without the std division (the RLEV configs' grpo): s(x) times (c - mean).
+    np.testing.assert_allclose(adv("grpo", rlev_n, std_normalization="none"),
+                               [[0.55, -0.55, -0.55, 0.55], [0.375, 0.375, 0.375, -1.125], [-0.5, 1.5, -0.5, -0.5]],
+                               rtol=1e-5)
 
 
 def test_metrics_match_hand_values():

@@ -147,3 +147,31 @@ def test_exam_points_do_not_follow_difficulty():
         top = values >= np.quantile(values, 0.8)
         easy = level <= 1
         assert abs(easy[top].mean() - easy.mean()) < 0.1
+
+
+def test_eval_at_start_false_skips_only_the_first_eval(tmp_path):
+    from jaxalign import runs
+    from jaxalign.config import apply_overrides, from_config_dict, load_config_file
+    from jaxalign.train.metrics import read_metrics
+
+    overrides = {"train.steps": "2", "train.eval_every": "0", "train.eval_at_start": "false",
+                 "logging.progress": "false", "checkpoint.every": "0"}
+    config = from_config_dict(apply_overrides(load_config_file("configs/tiny_test.py"), overrides))
+    result = runs.train(config, tmp_path)
+    evals = [r["step"] for r in read_metrics(tmp_path) if r["kind"] == "eval"]
+    assert evals == [2] and result.eval_before == {} and result.eval_after
+
+
+def test_runs_saved_before_new_fields_resume_unchanged():
+    """A saved config without fields added later (init_from, eval_at_start, the lora section) is no change
+    when the new config has the values that do what the old run did; other values are changes."""
+    from jaxalign.runs import config_changes
+
+    old = {"seed": 0, "model": {"spec": "m"}, "train": {"steps": 10}}
+    new = {"seed": 0, "model": {"spec": "m", "init_from": ""},
+           "train": {"steps": 10, "eval_at_start": True, "skip_memory_check": False},
+           "lora": {"rank": 0, "alpha": 16.0, "targets": "q,k"}}
+    assert config_changes(old, new) == []
+    changed = {c.field for c in config_changes(old, {**new, "model": {"spec": "m", "init_from": "runs/sft"},
+                                                     "lora": {"rank": 8, "alpha": 16.0}})}
+    assert changed == {"model.init_from", "lora.rank", "lora.alpha"}

@@ -154,17 +154,32 @@ def register(name: str):
     return wrap
 
 
+# Bound on |logp - old_logp| before `exp` in the PPO ratio: exp(20) ~ 4.9e8 is finite in float32, whereas
+# a log-ratio above ~88.7 overflows to inf and the unselected branch of the clip then back-propagates
+# 0 * inf = NaN into the whole update.
+MAX_LOG_RATIO = 20.0
+
+
+def ppo_ratio(logp_nt, old_logp_nt) -> jax.Array:
+    """exp(clip(logp - old_logp, -MAX_LOG_RATIO, MAX_LOG_RATIO)): the PPO importance ratio, exact for
+    |log-ratio| <= 20 (ratios in [2e-9, 4.9e8]); beyond that it is held at the bound with zero gradient (a
+    token that far off-policy is clipped by PPO anyway, or is dropped instead of overflowing)."""
+    return jnp.exp(jnp.clip(logp_nt - old_logp_nt, -MAX_LOG_RATIO, MAX_LOG_RATIO))
+
+
 @register("ppo_clip")
 def ppo_clip_loss(cfg, logp_nt, old_logp_nt, advantages_nt):
     """PPO clipped surrogate with clip-higher and optional dual clip:
 
-        ratio = exp(logp - old_logp)
+        ratio = exp(clip(logp - old_logp, -20, 20))     (`ppo_ratio`, `MAX_LOG_RATIO`)
         loss  = max(-A * ratio, -A * clip(ratio, 1 - clip_low, 1 + clip_high))
         loss  = min(loss, -c * A)   where A < 0, when dual_clip = c is set
 
     `clipped` marks tokens where the clipped branch (or the dual clip) is active, i.e. the gradient is 0.
+    The gradient with respect to logp is -A * ratio where the unclipped branch is active and 0 elsewhere;
+    finite at any log-ratio (with |log-ratio| > 20 it is 0).
     """
-    ratio_nt = jnp.exp(logp_nt - old_logp_nt)
+    ratio_nt = ppo_ratio(logp_nt, old_logp_nt)
     unclipped_nt = -advantages_nt * ratio_nt
     clipped_ratio_nt = jnp.clip(ratio_nt, 1.0 - cfg.clip_low, 1.0 + cfg.clip_high)
     clipped_nt = -advantages_nt * clipped_ratio_nt
@@ -253,7 +268,7 @@ def policy_objective(
         loss_nt = loss_nt - cfg.entropy_coef * entropy_nt
     loss = jnp.sum(weights_nt * loss_nt)
 
-    ratio_nt = jax.lax.stop_gradient(jnp.exp(logp_nt - old_logp_nt))
+    ratio_nt = jax.lax.stop_gradient(ppo_ratio(logp_nt, old_logp_nt))
     on = mask_nt > 0
     big = jnp.float32(jnp.finfo(jnp.float32).max)
     sg = jax.lax.stop_gradient
@@ -311,3 +326,19 @@ def finalize_metrics(sums: dict[str, jax.Array]) -> dict[str, jax.Array]:
         "adv_min": jnp.where(has, sums["adv_min"], 0.0),
         "tokens": sums["tokens"],
     }
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Supervised fine-tuning (`jaxalign sft`): one more entry of the registry, so SFT runs through the same
+# `train_step`, micro-batching, sharding and aggregation weights as RL.
+
+
+@register("sft")
+def sft_loss(cfg, logp_nt, old_logp_nt, advantages_nt):
+    """Next-token negative log-likelihood, loss = -logp (advantages and old log-probs are not used).
+
+    With the loss mask on the assistant tokens and "token_mean" aggregation, `sum(weights * loss)` is the
+    cross-entropy averaged over every assistant token of the batch; `logp` must be taken at temperature 1.
+    """
+    del cfg, old_logp_nt, advantages_nt
+    return -logp_nt, jnp.zeros_like(logp_nt)

@@ -43,6 +43,9 @@ class Method(abc.ABC):
     """
 
     name: ClassVar[str] = ""
+    # What `jaxalign compare` tabulates for this method's runs (a `jaxalign.compare.CompareSpec`: metrics,
+    # labels, higher-is-better, an optional Pareto pair); None: every `eval/*` metric by name.
+    compare_spec: ClassVar[Any] = None
 
     def __init__(self, section: Any):
         self.section = section
@@ -102,6 +105,11 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def load_data(self) -> tuple[list[Example], list[Example]]:
         """Returns (train, eval) examples."""
+
+    def load_eval_data(self) -> list[Example]:
+        """The eval examples alone (`jaxalign eval`). Default: `load_data()[1]`; a method whose training split
+        needs model work at load time (RLEV's predicted values) overrides it to skip that work."""
+        return self.load_data()[1]
 
     @classmethod
     def add_commands(cls, subparsers: "argparse._SubParsersAction", parents: Sequence[argparse.ArgumentParser]

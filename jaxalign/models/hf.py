@@ -248,9 +248,13 @@ def hf_state_dict(model: Transformer) -> dict[str, np.ndarray]:
 
 def export_hf(model: Transformer, tokenizer, out_dir: str) -> None:
     """Writes config.json + model.safetensors (+ tokenizer files when `tokenizer` is given) that
-    `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads."""
+    `transformers.AutoModelForCausalLM.from_pretrained(out_dir)` loads. LoRA adapters are folded into the
+    weights (`W + scale A B`)."""
     from safetensors.numpy import save_file
 
+    from jaxalign.models.lora import merged_model
+
+    model = merged_model(model)
     os.makedirs(out_dir, exist_ok=True)
     config = model.cfg.to_hf()
     if tokenizer is not None:
@@ -264,6 +268,58 @@ def export_hf(model: Transformer, tokenizer, out_dir: str) -> None:
     save_file(hf_state_dict(model), os.path.join(out_dir, "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         tokenizer.save(out_dir)
+    _readable_like_new_files(out_dir)
+
+
+# HF module of each LoRA target inside `model.layers.N` (PEFT names its tensors after these modules).
+_LORA_MODULES = {"q_proj": "self_attn.q_proj", "k_proj": "self_attn.k_proj", "v_proj": "self_attn.v_proj",
+                 "o_proj": "self_attn.o_proj", "gate_proj": "mlp.gate_proj", "up_proj": "mlp.up_proj",
+                 "down_proj": "mlp.down_proj"}
+
+
+def peft_state_dict(model: Transformer) -> dict[str, np.ndarray]:
+    """The LoRA adapters of `model` with PEFT's names and layout: `lora_A.weight` [r, in] and `lora_B.weight`
+    [out, r] of `base_model.model.model.layers.N.<module>` (in and out flattened as in the HF weights)."""
+    from jaxalign.models.lora import adapters_of
+
+    adapters = adapters_of(model)
+    if adapters is None:
+        raise ValueError("the model has no LoRA adapters to export")
+    tensors: dict[str, np.ndarray] = {}
+    for target, (a, b) in adapters.stacked_weights().items():
+        a, b = np.asarray(sharding_lib.to_host(a)), np.asarray(sharding_lib.to_host(b))
+        rank = a.shape[-1]
+        for layer in range(model.cfg.num_layers):
+            prefix = f"base_model.model.model.layers.{layer}.{_LORA_MODULES[target]}"
+            tensors[f"{prefix}.lora_A.weight"] = np.ascontiguousarray(a[layer].reshape(-1, rank).T)
+            tensors[f"{prefix}.lora_B.weight"] = np.ascontiguousarray(b[layer].reshape(rank, -1).T)
+    return tensors
+
+
+def export_peft(model: Transformer, out_dir: str, *, base_model: str | None = None) -> None:
+    """Writes a PEFT LoRA adapter directory (`adapter_config.json`, `adapter_model.safetensors`) of a model
+    with adapters: `peft.PeftModel.from_pretrained(<the transformers base model>, out_dir)` gives the same
+    logits as `model`. `base_model` is recorded as `base_model_name_or_path`."""
+    from safetensors.numpy import save_file
+
+    from jaxalign.models.lora import lora_config_of
+
+    lora = lora_config_of(model)
+    if lora is None:
+        raise ValueError("the model has no LoRA adapters to export")
+    alpha = int(lora.alpha) if float(lora.alpha).is_integer() else float(lora.alpha)
+    config = {
+        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
+        "r": lora.rank, "lora_alpha": alpha, "lora_dropout": lora.dropout,
+        "target_modules": list(lora.targets), "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+        "init_lora_weights": True, "modules_to_save": None, "use_rslora": False, "use_dora": False,
+        "layers_to_transform": None, "layers_pattern": None, "rank_pattern": {}, "alpha_pattern": {},
+        "revision": None,
+    }
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
+        json.dump(config, f, indent=2)
+    save_file(peft_state_dict(model), os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
     _readable_like_new_files(out_dir)
 
 

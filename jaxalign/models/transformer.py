@@ -5,6 +5,9 @@ forward pass is one `jax.lax.scan` over layers (compile time independent of dept
 layer). Every parameter carries its logical axis names in the metadata key `logical_axes`; the mapping to
 mesh axes is in `jaxalign.sharding`.
 
+Optional LoRA adapters (`jaxalign.models.lora`) live in `model.layers.lora`, stacked like the layers and
+scanned with them; a projection with adapters adds `scale * (x A) B` to its output.
+
 Numerics: matmuls run in `cfg.dtype`; RMSNorm, RoPE and the attention softmax in float32; `unembed`
 returns float32 logits.
 """
@@ -19,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxalign.config import LORA_TARGETS
 from jaxalign.models.config import ModelConfig
 
 LOGICAL_AXES_KEY = "logical_axes"
@@ -152,18 +156,43 @@ class DecoderLayers(nnx.Module):
         return {name: value[...] for name, value in vars(self).items() if isinstance(value, nnx.Param)}
 
 
+@dataclasses.dataclass(frozen=True)
+class _LoraCall:
+    """Static LoRA settings of one forward pass: `scale` (alpha / rank), and the dropout `rate` with the
+    layer's `key` (None: no dropout)."""
+
+    scale: float
+    rate: float = 0.0
+    key: jax.Array | None = None
+
+
+def _with_lora(y, x, name: str, w: dict, lora: _LoraCall | None, dt):
+    """`y + scale * (dropout(x) A) B` when projection `name` has adapters in `w["lora"]`, else `y` unchanged.
+    `x` [b, t, *in], `A` [*in, r], `B` [r, *out] (see `jaxalign.models.lora`)."""
+    if lora is None or name not in w.get("lora", {}):
+        return y
+    a, b = w["lora"][name]
+    if lora.key is not None and lora.rate > 0:
+        key = jax.random.fold_in(lora.key, LORA_TARGETS.index(name))
+        keep = jax.random.bernoulli(key, 1.0 - lora.rate, x.shape)
+        x = jnp.where(keep, x / (1.0 - lora.rate), 0).astype(x.dtype)
+    xa = jnp.tensordot(x, a.astype(dt), axes=a.ndim - 1)
+    return y + (lora.scale * jnp.tensordot(xa, b.astype(dt), axes=1)).astype(y.dtype)
+
+
 def _decoder_layer(cfg: ModelConfig, inv_freq_e2, w: dict[str, jax.Array], x_btd, positions_bt,
-                   attn_mask_bts, k_bske, v_bske, cache_index):
+                   attn_mask_bts, k_bske, v_bske, cache_index, lora: _LoraCall | None = None):
     """One pre-norm decoder layer. With a cache (`k_bske` not None) the new keys/values are written at
-    `cache_index` and attention runs over all cache slots; returns (x_btd, k_bske, v_bske)."""
+    `cache_index` and attention runs over all cache slots; returns (x_btd, k_bske, v_bske). With `lora`,
+    the projections named in `w["lora"]` add their adapters' output."""
     dt = jnp.dtype(cfg.dtype)
     b, t, _ = x_btd.shape
     k_heads, groups, e = cfg.num_kv_heads, cfg.num_groups, cfg.head_dim
 
     h_btd = rms_norm(x_btd, w["attn_norm"], cfg.rms_norm_eps).astype(dt)
-    q_bthe = jnp.einsum("btd,dhe->bthe", h_btd, w["q_proj"].astype(dt))
-    k_btke = jnp.einsum("btd,dke->btke", h_btd, w["k_proj"].astype(dt))
-    v_btke = jnp.einsum("btd,dke->btke", h_btd, w["v_proj"].astype(dt))
+    q_bthe = _with_lora(jnp.einsum("btd,dhe->bthe", h_btd, w["q_proj"].astype(dt)), h_btd, "q_proj", w, lora, dt)
+    k_btke = _with_lora(jnp.einsum("btd,dke->btke", h_btd, w["k_proj"].astype(dt)), h_btd, "k_proj", w, lora, dt)
+    v_btke = _with_lora(jnp.einsum("btd,dke->btke", h_btd, w["v_proj"].astype(dt)), h_btd, "v_proj", w, lora, dt)
     if cfg.qkv_bias:
         q_bthe = q_bthe + w["q_bias"].astype(dt)
         k_btke = k_btke + w["k_bias"].astype(dt)
@@ -189,12 +218,16 @@ def _decoder_layer(cfg: ModelConfig, inv_freq_e2, w: dict[str, jax.Array], x_btd
     probs_bkgts = jax.nn.softmax(scores_bkgts, axis=-1).astype(dt)
     attn_btkge = jnp.einsum("bkgts,bske->btkge", probs_bkgts, values_bske)
     attn_bthe = attn_btkge.reshape(b, t, k_heads * groups, e)
-    x_btd = x_btd + jnp.einsum("bthe,hed->btd", attn_bthe, w["o_proj"].astype(dt)).astype(x_btd.dtype)
+    out_btd = _with_lora(jnp.einsum("bthe,hed->btd", attn_bthe, w["o_proj"].astype(dt)), attn_bthe, "o_proj", w,
+                         lora, dt)
+    x_btd = x_btd + out_btd.astype(x_btd.dtype)
 
     h_btd = rms_norm(x_btd, w["mlp_norm"], cfg.rms_norm_eps).astype(dt)
-    gate_btf = jnp.einsum("btd,df->btf", h_btd, w["gate_proj"].astype(dt))
-    up_btf = jnp.einsum("btd,df->btf", h_btd, w["up_proj"].astype(dt))
-    mlp_btd = jnp.einsum("btf,fd->btd", jax.nn.silu(gate_btf) * up_btf, w["down_proj"].astype(dt))
+    gate_btf = _with_lora(jnp.einsum("btd,df->btf", h_btd, w["gate_proj"].astype(dt)), h_btd, "gate_proj", w, lora, dt)
+    up_btf = _with_lora(jnp.einsum("btd,df->btf", h_btd, w["up_proj"].astype(dt)), h_btd, "up_proj", w, lora, dt)
+    act_btf = jax.nn.silu(gate_btf) * up_btf
+    mlp_btd = _with_lora(jnp.einsum("btf,fd->btd", act_btf, w["down_proj"].astype(dt)), act_btf, "down_proj", w,
+                         lora, dt)
     x_btd = x_btd + mlp_btd.astype(x_btd.dtype)
     return x_btd, k_bske, v_bske
 
@@ -216,8 +249,9 @@ class Transformer(nnx.Module):
                                   ("embed", "vocab"))
 
     def __call__(self, tokens_bt: jax.Array, positions_bt: jax.Array, attn_mask_bts: jax.Array, *,
-                 cache: KVCache | None = None, cache_index: jax.Array | int | None = None
-                 ) -> tuple[jax.Array, KVCache | None]:
+                 cache: KVCache | None = None, cache_index: jax.Array | int | None = None,
+                 lora_dropout_key: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
+        """`lora_dropout_key` turns on the adapters' dropout (training updates only; see `models/lora.py`)."""
         cfg = self.cfg
         b, t = tokens_bt.shape
         if positions_bt.shape != (b, t):
@@ -236,19 +270,30 @@ class Transformer(nnx.Module):
         x_btd = jnp.take(self.embedding[...], tokens_bt, axis=0).astype(dt)
         attn_mask_bts = attn_mask_bts.astype(bool)
         weights = self.layers.stacked_weights()
+        adapters = getattr(self.layers, "lora", None)  # LoRA adapters (jaxalign.models.lora), scanned with the layers
+        if adapters is not None:
+            weights["lora"] = adapters.stacked_weights()
+
+        def lora_call(layer_index):
+            if adapters is None:
+                return None
+            key = None
+            if lora_dropout_key is not None and adapters.dropout > 0:
+                key = jax.random.fold_in(lora_dropout_key, layer_index)
+            return _LoraCall(scale=adapters.scale, rate=adapters.dropout, key=key)
 
         def layer_step(carry, layer_inputs):
             x_btd, k_lbske, v_lbske = carry
             w, layer_index = layer_inputs
             if k_lbske is None:
                 x_btd, _, _ = _decoder_layer(cfg, inv_freq_e2, w, x_btd, positions_bt, attn_mask_bts,
-                                             None, None, None)
+                                             None, None, None, lora_call(layer_index))
                 return (x_btd, None, None), None
             # The whole cache is carried and updated in place at this layer's index.
             k_bske = jax.lax.dynamic_index_in_dim(k_lbske, layer_index, keepdims=False)
             v_bske = jax.lax.dynamic_index_in_dim(v_lbske, layer_index, keepdims=False)
             x_btd, k_bske, v_bske = _decoder_layer(cfg, inv_freq_e2, w, x_btd, positions_bt,
-                                                   attn_mask_bts, k_bske, v_bske, cache_index)
+                                                   attn_mask_bts, k_bske, v_bske, cache_index, lora_call(layer_index))
             k_lbske = jax.lax.dynamic_update_index_in_dim(k_lbske, k_bske, layer_index, 0)
             v_lbske = jax.lax.dynamic_update_index_in_dim(v_lbske, v_bske, layer_index, 0)
             return (x_btd, k_lbske, v_lbske), None
@@ -263,13 +308,14 @@ class Transformer(nnx.Module):
         new_cache = None if cache is None else KVCache(k_lbske, v_lbske)
         return hidden_btd, new_cache
 
-    def hidden_states(self, tokens_bt: jax.Array, valid_bt: jax.Array, positions_bt: jax.Array | None = None
-                      ) -> jax.Array:
+    def hidden_states(self, tokens_bt: jax.Array, valid_bt: jax.Array, positions_bt: jax.Array | None = None,
+                      *, lora_dropout_key: jax.Array | None = None) -> jax.Array:
         """Final hidden states [b, t, d] of (padded) sequences: positions count valid tokens unless given,
         attention is causal over valid tokens, no cache."""
         if positions_bt is None:
             positions_bt = positions_from_mask(valid_bt)
-        hidden_btd, _ = self(tokens_bt, positions_bt, causal_attention_mask(valid_bt))
+        hidden_btd, _ = self(tokens_bt, positions_bt, causal_attention_mask(valid_bt),
+                             lora_dropout_key=lora_dropout_key)
         return hidden_btd
 
     def unembed_matrix(self) -> jax.Array:

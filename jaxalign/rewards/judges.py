@@ -13,7 +13,12 @@ sent to the judge.
 The sampler is anything with `generate_text(prompts, sampling_params, key, chat=True) -> list[list[str]]`
 (`jaxalign.rollout.Sampler`); `build_model_judge` loads a judge model with a sampler of its own and
 `judge_correctness` turns verdicts into reward features. This module does not import jax (only
-`build_model_judge` does, when called), so the reward pool's workers stay light.
+`build_judge_sampler` and `build_model_judge` do, when called), so the reward pool's workers stay light.
+
+Generic pieces for other prompted judges (GTAlign's writing, safety and Pareto judges use them):
+`judge_replies` sends chat prompts through a sampler (prompts over its limit are not sent),
+`parse_tagged_value` reads a strict `<tag>value</tag>` verdict, `build_judge_sampler` loads a judge model
+with a sampler of its own.
 """
 
 from __future__ import annotations
@@ -43,6 +48,10 @@ _JUDGE_USER_TEMPLATE = (
 )
 
 
+JUDGE_DTYPES = ("bfloat16", "float16", "float32")
+"""The parameter/compute/cache dtypes a judge model may run in."""
+
+
 class TextSampler(Protocol):
     def generate_text(self, prompts: Sequence[Any], sp: Any, key: Any, *, chat: bool = True) -> list[list[str]]:
         ...
@@ -55,23 +64,29 @@ def judge_messages(question: str, response: str, reference: str, *, max_final_ch
     return [{"role": "system", "content": JUDGE_SYSTEM_PROMPT}, {"role": "user", "content": user}]
 
 
-_VERDICT_RE = re.compile(r"[a-z]+")
+# A label the reply may put before its verdict: "Answer:", "Final answer:", "Verdict -", "Final:", ...
+_VERDICT_LABEL_RE = re.compile(
+    r"^(?:(?:final\s+)?(?:answer|verdict|judge?ment|decision)|final)\s*[:\-]?\s*")
+_MARKUP = " \t\r\n*_`\"'#>"
 
 
 def parse_yes_no(text: str) -> bool | None:
-    """True for YES, False for NO, None when the reply is neither (or both).
+    """True for YES, False for NO, None when the reply does not give one clear verdict.
 
-    Accepts the verdict as the first word, in any case, wrapped in markdown or quotes, optionally after
-    "Answer:"/"Verdict:" and followed by an explanation that does not contain the opposite word.
+    The judge prompt asks for one word, YES or NO, so the verdict is the reply's first word (any case,
+    wrapped in markdown or quotes, optionally after a label such as "Answer:", "Final answer:", "Verdict:"
+    or "Final:"); what follows is an explanation and is not read for the verdict ("YES, no difference" is
+    YES). The reply is ambiguous (None) when the opposite word also stands as a verdict later: followed by
+    punctuation or by nothing ("Yes and no", "yes/no", "NO. Yes, 8 is wrong"). A reply that does not start
+    with YES or NO ("The answer is YES", "Nope", "Yesterday", "") is None.
     """
-    words = _VERDICT_RE.findall(text.lower())
-    if words[:1] in (["answer"], ["verdict"], ["final"]):
-        words = words[1:] if words[:1] != ["final"] else words[2:]
-    if not words or words[0] not in ("yes", "no"):
+    rest = _VERDICT_LABEL_RE.sub("", text.lower().strip(_MARKUP), count=1).lstrip(_MARKUP)
+    match = re.match(r"(yes|no)\b", rest)
+    if match is None:
         return None
-    verdict = words[0] == "yes"
+    verdict = match.group(1) == "yes"
     opposite = "no" if verdict else "yes"
-    if opposite in words[1:]:
+    if re.search(rf"\b{opposite}\b[\s*_`\"']*(?:[.,;:!?)/]|$)", rest[match.end():]):
         return None
     return verdict
 
@@ -92,18 +107,68 @@ def rule_checkable(reference: str) -> bool:
     return bool(_NUMERIC_REFERENCE_RE.match(ref) or _LATEX_FRACTION_RE.match(ref.replace(" ", "")))
 
 
-def rule_features(text: str, example: Mapping[str, Any]) -> dict[str, float]:
-    """Pool feature function: `correctness_features` plus "rule_decided" (0/1).
+def rule_decides(has_answer: bool, correct: bool, reference: str) -> bool:
+    """Whether the rule verifier's verdict stands without a judge: it extracted an answer and either that
+    answer matched (a match is sound whatever the reference) or the reference is `rule_checkable` (then a
+    mismatch is a real one). No extracted answer, or a mismatch against a text reference, is undecided."""
+    return bool(has_answer) and (bool(correct) or rule_checkable(str(reference)))
 
-    The rules decide a sample when they extracted an answer and either it matched the reference (a match
-    is sound whatever the reference) or the reference is `rule_checkable` (then a mismatch is a real one).
-    Samples without an extractable answer, and mismatches against text references, are undecided.
-    """
+
+def rule_features(text: str, example: Mapping[str, Any]) -> dict[str, float]:
+    """Pool feature function: `correctness_features` plus "rule_decided" (0/1, see `rule_decides`)."""
     features = correctness_features(text, example)
-    decided = features["has_answer"] == 1.0 and (
-        features["correct"] == 1.0 or rule_checkable(str(example["answer"])))
-    features["rule_decided"] = float(decided)
+    features["rule_decided"] = float(rule_decides(features["has_answer"] == 1.0, features["correct"] == 1.0,
+                                                  example["answer"]))
     return features
+
+
+_NUMBER_RE = re.compile(r"\d+(?:\.\d+)?")
+
+
+def parse_tagged_value(text: str, tag: str, allowed: Sequence[float]) -> float | None:
+    """The value of a reply's one `<tag>value</tag>` verdict, or None when it is not exactly one of `allowed`.
+
+    Strict: the reply holds exactly one opening and one closing tag (case-insensitive) around a plain
+    non-negative decimal number ("1", "0.5", "1.0"; no sign, fraction, words or markup) equal to an allowed
+    value. Text outside the tag (an explanation) is ignored. A missing, unclosed or repeated tag, another
+    value, or an empty tag gives None.
+    """
+    opens = re.findall(rf"<\s*{tag}\s*>", text, re.IGNORECASE)
+    closes = re.findall(rf"<\s*/\s*{tag}\s*>", text, re.IGNORECASE)
+    blocks = re.findall(rf"<\s*{tag}\s*>(.*?)<\s*/\s*{tag}\s*>", text, re.IGNORECASE | re.DOTALL)
+    if len(opens) != 1 or len(closes) != 1 or len(blocks) != 1:
+        return None
+    body = blocks[0].strip()
+    if not _NUMBER_RE.fullmatch(body):
+        return None
+    value = float(body)
+    for option in allowed:
+        if abs(value - float(option)) < 1e-9:
+            return float(option)
+    return None
+
+
+def judge_replies(sampler: TextSampler, prompts: Sequence[Any], sampling_params: Any, key: Any, *,
+                  batch_size: int | None = None, chat: bool = True) -> list[str | None]:
+    """The judge model's first reply to each prompt, in one `generate_text` call; None for a prompt that was
+    not sent because it is longer than the sampler's `max_prompt_len` (when the sampler has that and
+    `encode_prompt`, as `jaxalign.rollout.Sampler` does)."""
+    limit = getattr(sampler, "max_prompt_len", None)
+    encode = getattr(sampler, "encode_prompt", None)
+    if limit is None or not callable(encode):
+        sent = list(range(len(prompts)))
+    else:
+        sent = [i for i, prompt in enumerate(prompts) if len(encode(prompt, chat=chat)) <= limit]
+    replies: list[Any] = []
+    if sent:
+        kwargs = {} if batch_size is None else {"batch_size": batch_size}
+        replies = sampler.generate_text([prompts[i] for i in sent], sampling_params, key, chat=chat, **kwargs)
+    if len(replies) != len(sent):
+        raise RuntimeError(f"sampler returned {len(replies)} reply lists for {len(sent)} prompts")
+    out: list[str | None] = [None] * len(prompts)
+    for i, reply_list in zip(sent, replies):
+        out[i] = reply_list[0] if reply_list else ""
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -141,13 +206,6 @@ class EquivalenceJudge:
         self.max_final_chars = max_final_chars
         self.batch_size = batch_size
 
-    def _fits(self, prompt: list[dict]) -> bool:
-        limit = getattr(self.sampler, "max_prompt_len", None)
-        encode = getattr(self.sampler, "encode_prompt", None)
-        if limit is None or not callable(encode):
-            return True
-        return len(encode(prompt, chat=True)) <= limit
-
     def judge(
         self, questions: Sequence[str], responses: Sequence[str], references: Sequence[str], key: Any
     ) -> list[JudgeVerdict]:
@@ -163,19 +221,9 @@ class EquivalenceJudge:
             judge_messages(q, r, ref, max_final_chars=self.max_final_chars)
             for q, r, ref in zip(questions, responses, references)
         ]
-        sent = [i for i, prompt in enumerate(prompts) if self._fits(prompt)]
-        replies: list[Any] = []
-        if sent:
-            kwargs = {} if self.batch_size is None else {"batch_size": self.batch_size}
-            replies = self.sampler.generate_text([prompts[i] for i in sent], self.sampling_params, key,
-                                                 chat=True, **kwargs)
-        if len(replies) != len(sent):
-            raise RuntimeError(f"sampler returned {len(replies)} reply lists for {len(sent)} prompts")
-        verdicts = [JudgeVerdict(None, "", too_long=True) for _ in prompts]
-        for i, reply_list in zip(sent, replies):
-            reply = reply_list[0] if reply_list else ""
-            verdicts[i] = JudgeVerdict(parse_yes_no(reply), reply)
-        return verdicts
+        replies = judge_replies(self.sampler, prompts, self.sampling_params, key, batch_size=self.batch_size)
+        return [JudgeVerdict(None, "", too_long=True) if reply is None else JudgeVerdict(parse_yes_no(reply), reply)
+                for reply in replies]
 
     def correctness_features(
         self, questions: Sequence[str], responses: Sequence[str], references: Sequence[str], key: Any
@@ -225,6 +273,40 @@ def judge_correctness(
     return out
 
 
+def build_judge_sampler(
+    spec: str,
+    *,
+    mesh: Any = None,
+    max_new_tokens: int = 8,
+    greedy: bool = True,
+    temperature: float = 1.0,
+    max_prompt_len: int = 1024,
+    dtype: str = "bfloat16",
+) -> tuple[Any, Any]:
+    """(sampler, sampling_params) of a judge model: `load_model(spec, mesh=mesh, role="sample")` (an HF
+    directory, a .gguf file or a named alias) run by its own `jaxalign.rollout.Sampler` on `mesh`, one reply
+    per prompt.
+
+    `dtype` is the judge's parameter, compute and KV cache dtype. The prompt limit is cut to what the
+    model's positions allow after `max_new_tokens`. jax is imported here, not at module import.
+    """
+    from jaxalign.models import load_model
+    from jaxalign.rollout import Sampler, SamplingParams
+
+    if dtype not in JUDGE_DTYPES:
+        raise ValueError(f"judge dtype must be one of {', '.join(JUDGE_DTYPES)}, got {dtype!r}")
+    model, tokenizer = load_model(spec, mesh=mesh, role="sample", param_dtype=dtype, dtype=dtype)
+    if tokenizer is None:
+        raise ValueError(f"judge model {spec!r} has no tokenizer, and a judge reads text: use an HF model "
+                         "directory with tokenizer files, a .gguf file or smollm2-135m-instruct")
+    max_prompt_len = min(max_prompt_len, model.cfg.max_position_embeddings - max_new_tokens)
+    sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=max_prompt_len, cache_dtype=dtype)
+    del model  # the sampler holds its own copy of the weights
+    sampling_params = SamplingParams(max_new_tokens=max_new_tokens, greedy=greedy,
+                                     temperature=1.0 if greedy else temperature, n=1)
+    return sampler, sampling_params
+
+
 def build_model_judge(
     spec: str,
     *,
@@ -236,22 +318,8 @@ def build_model_judge(
     batch_size: int = 64,
     dtype: str = "bfloat16",
 ) -> EquivalenceJudge:
-    """An `EquivalenceJudge` over a model of its own: `load_model(spec, mesh=mesh, role="sample")` (an HF
-    directory, a .gguf file or a named alias) run by its own `jaxalign.rollout.Sampler` on `mesh`.
-
-    `dtype` is the judge's parameter, compute and KV cache dtype. The prompt limit is cut to what the
-    model's positions allow after `max_new_tokens`. jax is imported here, not at module import.
-    """
-    from jaxalign.models import load_model
-    from jaxalign.rollout import Sampler, SamplingParams
-
-    model, tokenizer = load_model(spec, mesh=mesh, role="sample", param_dtype=dtype, dtype=dtype)
-    if tokenizer is None:
-        raise ValueError(f"judge model {spec!r} has no tokenizer, and a judge reads text: use an HF model "
-                         "directory with tokenizer files, a .gguf file or smollm2-135m-instruct")
-    max_prompt_len = min(max_prompt_len, model.cfg.max_position_embeddings - max_new_tokens)
-    sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=max_prompt_len, cache_dtype=dtype)
-    del model  # the sampler holds its own copy of the weights
-    sampling_params = SamplingParams(max_new_tokens=max_new_tokens, greedy=greedy,
-                                     temperature=1.0 if greedy else temperature, n=1)
+    """An `EquivalenceJudge` over a model of its own (see `build_judge_sampler`)."""
+    sampler, sampling_params = build_judge_sampler(spec, mesh=mesh, max_new_tokens=max_new_tokens, greedy=greedy,
+                                                   temperature=temperature, max_prompt_len=max_prompt_len,
+                                                   dtype=dtype)
     return EquivalenceJudge(sampler, sampling_params, batch_size=batch_size)

@@ -32,6 +32,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxalign import sharding as sharding_lib
+from jaxalign.models import lora as lora_lib
 from jaxalign.models.transformer import KVCache, causal_attention_mask, positions_from_mask
 from jaxalign.rollout import prompts as prompts_lib
 from jaxalign.rollout import stop_strings as stop_lib
@@ -39,6 +40,7 @@ from jaxalign.rollout.results import Rollout, assemble_rollout
 from jaxalign.rollout.sampling import SamplingParams, is_stop_token, per_sample_keys, sample_tokens
 
 RESPONSE_BUCKET = 32
+LORA_MODES = ("adapters", "merged")
 _STOP_IDS_BUCKET = 8
 
 
@@ -225,13 +227,19 @@ class Sampler:
       param_dtype: dtype of the sampler's weight copy (e.g. bfloat16 from float32 training weights);
         None keeps the model's.
       prompt_bucket: prompts are left-padded to a multiple of this many tokens.
+      lora_mode: for a model with LoRA adapters (`jaxalign.models.lora`): "adapters" applies them in the
+        forward pass on the base weights as they are (shared with the trainer, never copied; only the
+        adapters are copied), "merged" keeps one copy of the weights with the adapters folded in
+        (`W + scale A B`, in the sample sharding). Unused for a plain model.
     """
 
     def __init__(self, model, tokenizer=None, *, mesh: Mesh | None = None, max_prompt_len: int = 2048,
-                 cache_dtype=jnp.bfloat16, param_dtype=None, prompt_bucket: int = 32):
+                 cache_dtype=jnp.bfloat16, param_dtype=None, prompt_bucket: int = 32, lora_mode: str = "adapters"):
         if max_prompt_len < 1 or prompt_bucket < 1:
             raise ValueError(f"max_prompt_len ({max_prompt_len}) and prompt_bucket ({prompt_bucket}) "
                              "must be >= 1")
+        if lora_mode not in LORA_MODES:
+            raise ValueError(f"lora_mode={lora_mode!r}; known: {', '.join(LORA_MODES)}")
         self.cfg = model.cfg
         self.tokenizer = tokenizer
         self.mesh = mesh
@@ -242,16 +250,28 @@ class Sampler:
         self.graphdef, state = nnx.split(model)
         self._state_structure = jax.tree.structure(state)
         self._leaf_shapes = [tuple(x.shape) for x in jax.tree.leaves(state)]
+        self.lora = lora_lib.lora_config_of(model)
+        self.lora_mode = None if self.lora is None else lora_mode
+        # What the sampler copies: the whole state, only the adapters, or the merged weights.
+        copied = state
+        if self.lora_mode == "adapters":
+            copied = nnx.split_state(state, nnx.LoRAParam, ...)[0]
+        elif self.lora_mode == "merged":
+            self.graphdef = lora_lib.base_graphdef(model.cfg)
+            copied = jax.eval_shape(functools.partial(lora_lib.merged_state, lora=self.lora), state)
         if mesh is None:
             self.data_parallel = 1
             self._param_shardings = self._batch_sharding = None
         else:
             self.data_parallel = int(mesh.shape["data"] * mesh.shape["fsdp"])
-            self._param_shardings = sharding_lib.param_shardings(state, mesh, "sample")
+            self._param_shardings = sharding_lib.param_shardings(copied, mesh, "sample")
             self._batch_sharding = sharding_lib.batch_sharding(mesh, 2)
-        self._copy = jax.jit(functools.partial(_copy_params, dtype=self.param_dtype),
-                             out_shardings=self._param_shardings)
-        self.params = self._copy(state)
+        prepare = functools.partial(_copy_params, dtype=self.param_dtype)
+        if self.lora_mode == "merged":
+            prepare = lambda s: _copy_params(lora_lib.merged_state(s, self.lora), self.param_dtype)  # noqa: E731
+        self._copy = jax.jit(prepare, out_shardings=self._param_shardings)
+        self._base_in = self._base_out = None  # adapters mode: the base last given, and as the sampler uses it
+        self.params = self._prepare(state)
         self.last_stats: dict[str, float] = {}
         self._byte_table = None  # built on first use of stop strings; False when not available
 
@@ -261,7 +281,9 @@ class Sampler:
         """Copies new policy weights (an nnx module or its state) into the sampler's layout on device.
 
         The copy is a jitted reshard with the sampler's shardings (no host round trip) and owns fresh
-        buffers, so the trainer may donate its own. Returns the seconds taken (blocking until done).
+        buffers, so the trainer may donate its own. Returns the seconds taken (blocking until done). With
+        LoRA adapters, "merged" computes `W + scale A B` into the copy; "adapters" copies only the adapters
+        and reads the frozen base in place (which nothing may donate).
         """
         if isinstance(params, nnx.Module):
             params = nnx.state(params)
@@ -275,9 +297,24 @@ class Sampler:
         # Same leaves in the same order: re-attach the sampler's own tree (its variable metadata).
         params = jax.tree.unflatten(self._state_structure, leaves)
         start = time.perf_counter()
-        new_params = jax.block_until_ready(self._copy(params))
+        new_params = jax.block_until_ready(self._prepare(params))
         self.params = new_params
         return time.perf_counter() - start
+
+    def _prepare(self, state):
+        """The sampler's parameters from the policy's full state: a fresh copy (plain model), the merged
+        weights (LoRA "merged"), or fresh adapters on the base as given (LoRA "adapters")."""
+        if self.lora_mode != "adapters":
+            return self._copy(state)
+        adapters, base = nnx.split_state(state, nnx.LoRAParam, ...)
+        base_leaves = jax.tree.leaves(base)
+        if self._base_in is None or any(a is not b for a, b in zip(base_leaves, self._base_in)):
+            # The frozen base is used in place; only a cast to `param_dtype` makes a copy (once).
+            cast = self.param_dtype is not None and any(
+                jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != self.param_dtype for x in base_leaves)
+            self._base_in, self._base_out = base_leaves, (
+                jax.jit(functools.partial(_copy_params, dtype=self.param_dtype))(base) if cast else base)
+        return nnx.merge_state(self._base_out, self._copy(adapters))
 
     # -- device layout -------------------------------------------------------------------------------
 

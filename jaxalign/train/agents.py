@@ -13,11 +13,18 @@ Critic modes (`config.critic.mode`):
 
 `agent.graphdef` is always the policy `Transformer`'s graphdef, so `nnx.merge(agent.graphdef,
 agent.policy_params)` is the policy in both modes. Checkpoints hold `state_tree(agents)`.
+
+LoRA (`lora.rank > 0`, `jaxalign.models.lora`): the policy is a frozen base plus adapters. `agent.state`
+holds only the adapters and their optimizer state (so do checkpoints); `agent.base_params` is the base,
+loaded once and shared by every LoRA agent of the same model spec and base dtype (WaltzRL's two agents:
+one copy of the base); `agent.policy_params` joins base and adapters without copying. The reference policy
+is the base itself (`ref_params = base_params`, `ref_logprob_fn` on the base's graphdef): no second copy.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from typing import Any, Callable, Mapping
 
@@ -53,6 +60,8 @@ class Agent:
     critic_state: Any | None = None  # TrainState of a separate ValueModel
     critic_step: Callable | None = None
     shared_critic: bool = False
+    base_params: Any | None = None  # LoRA: the frozen base weights (shared; not trained, not checkpointed)
+    ref_logprob_fn: Callable | None = None  # log-probs of `ref_params` when not `logprob_fn` (LoRA: the base)
 
     @property
     def has_critic(self) -> bool:
@@ -64,8 +73,14 @@ class Agent:
 
     @property
     def policy_params(self) -> Any:
-        """The policy's parameters (what the sampler, `logprob_fn` and export take)."""
-        return self.state.params["policy"] if self.shared_critic else self.state.params
+        """The policy's parameters (what the sampler, `logprob_fn` and export take); with LoRA the base and
+        the adapters together (the same arrays, no copy)."""
+        params = self.state.params["policy"] if self.shared_critic else self.state.params
+        if self.base_params is not None:
+            from flax import nnx
+
+            return nnx.merge_state(self.base_params, params)
+        return params
 
     @property
     def value_params(self) -> Any:
@@ -130,21 +145,33 @@ def _cached(key, build: Callable[[], tuple]) -> tuple:
     return _COMPILED[key]
 
 
-def compiled_functions(graphdef, optim_cfg, loss_cfg, mesh):
-    """`(optimizer, train_step, logprob_fn)` of a policy graphdef (cached)."""
+def compiled_functions(graphdef, optim_cfg, loss_cfg, mesh, *, ref_graphdef=None, dropout_seed: int = 0):
+    """`(optimizer, train_step, logprob_fn)` of a policy graphdef (cached). For LoRA, `ref_graphdef` is the
+    base's (the reference inside the step) and `dropout_seed` seeds the adapters' dropout."""
     from jaxalign.algorithms.optim import make_optimizer
-    from jaxalign.train.step import make_logprob_fn, make_train_step
+    from jaxalign.train.step import make_train_step
 
     def build():
         optimizer = make_optimizer(optim_cfg)
         return (
             optimizer,
-            make_train_step(graphdef, optimizer, loss_cfg, mesh=mesh),
-            make_logprob_fn(graphdef, temperature=loss_cfg.temperature, chunk_size=loss_cfg.logprob_chunk_size,
-                            mesh=mesh),
+            make_train_step(graphdef, optimizer, loss_cfg, mesh=mesh, ref_graphdef=ref_graphdef,
+                            dropout_seed=dropout_seed),
+            logprob_function(graphdef, loss_cfg, mesh),
         )
 
-    return _cached(("policy", graphdef, optim_cfg, loss_cfg, mesh), build)
+    return _cached(("policy", graphdef, optim_cfg, loss_cfg, mesh, ref_graphdef, dropout_seed), build)
+
+
+def logprob_function(graphdef, loss_cfg, mesh) -> Callable:
+    """The jitted `logprob_fn(params, tokens, valid, positions)` of a graphdef (cached)."""
+    from jaxalign.train.step import make_logprob_fn
+
+    def build():
+        return (make_logprob_fn(graphdef, temperature=loss_cfg.temperature, chunk_size=loss_cfg.logprob_chunk_size,
+                                mesh=mesh),)
+
+    return _cached(("logprob", graphdef, loss_cfg.temperature, loss_cfg.logprob_chunk_size, mesh), build)[0]
 
 
 def critic_functions(kind: str, graphdef, optim_cfg, loss_cfg, mesh):
@@ -165,31 +192,92 @@ def critic_functions(kind: str, graphdef, optim_cfg, loss_cfg, mesh):
 
 def build_agents(config: ExperimentConfig, mesh) -> dict[str, Agent]:
     """Every agent of the config (name -> `Agent`), in config order, each with its own parameters,
-    optimizer state, reference and sampler."""
-    return {name: build_agent(spec, mesh, seed=config.seed) for name, spec in config.agents.items()}
+    optimizer state, reference and sampler; LoRA agents on the same model spec and base dtype share one
+    frozen base."""
+    bases: dict = {}
+    return {name: build_agent(spec, mesh, seed=config.seed, bases=bases) for name, spec in config.agents.items()}
 
 
-def build_agent(spec: AgentSpec, mesh, *, seed: int = 0) -> Agent:
-    """Loads an agent's model, its optimizer, reference, sampler and (for "gae") critic."""
+def _lora_base(spec: AgentSpec, mesh, bases: dict | None):
+    """`(base model, tokenizer)` of a LoRA agent: loaded in `lora.base_dtype`, or the one already loaded for
+    another agent on the same spec and dtype (its weights shared, this agent's compute dtype and remat)."""
+    import dataclasses as dc
+
+    from flax import nnx
+
+    from jaxalign.models import load_model
+    from jaxalign.models.lora import base_graphdef
+
+    base_dtype = spec.lora.base_dtype or spec.model.param_dtype
+    key = (spec.model.spec, base_dtype, spec.model.init_from)
+    if bases is not None and key in bases:
+        model, tokenizer = bases[key]
+        cfg = dc.replace(model.cfg, dtype=spec.model.dtype, remat=spec.model.remat)
+        if cfg != model.cfg:
+            model = nnx.merge(base_graphdef(cfg), nnx.state(model))
+        return model, tokenizer
+    model, tokenizer = load_model(spec.model.spec, mesh=mesh, role="train", param_dtype=_dtype(base_dtype),
+                                  dtype=_dtype(spec.model.dtype), remat=spec.model.remat)
+    _init_from(model, spec)
+    if bases is not None:
+        bases[key] = (model, tokenizer)
+    return model, tokenizer
+
+
+def _init_from(model, spec: AgentSpec) -> None:
+    """`model.init_from`: the loaded weights are replaced by a run's (e.g. an SFT run's) latest policy weights,
+    before the reference, critic and optimizer state are made from them."""
+    if spec.model.init_from:
+        from jaxalign.train.sft import init_from_run
+
+        init_from_run(model, spec.model.init_from, agent=spec.name, spec=spec.model.spec)
+
+
+def build_agent(spec: AgentSpec, mesh, *, seed: int = 0, bases: dict | None = None) -> Agent:
+    """Loads an agent's model, its optimizer, reference, sampler and (for "gae") critic. With LoRA, `bases`
+    (a dict shared between calls) lets agents on the same base share its weights."""
     from flax import nnx
 
     from jaxalign.models import load_model
     from jaxalign.rollout import Sampler
     from jaxalign.train.state import init_train_state
 
-    model, tokenizer = load_model(
-        spec.model.spec, mesh=mesh, role="train",
-        param_dtype=_dtype(spec.model.param_dtype), dtype=_dtype(spec.model.dtype), remat=spec.model.remat,
-    )
-    check_vocab(model.cfg, tokenizer, spec.model.spec)
-    graphdef, params = nnx.split(model)
     loss_cfg = spec.algorithm.loss_config(spec.rollout.temperature)
     optim_cfg = spec.optim.optim_config()
-    optimizer, train_step, logprob_fn = compiled_functions(graphdef, optim_cfg, loss_cfg, mesh)
-    ref_params = jax.tree.map(jnp.copy, params) if spec.algorithm.needs_reference else None
-    sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=spec.rollout.max_prompt_len)
+    if spec.uses_lora:
+        from jaxalign.models import lora as lora_lib
+
+        base_model, tokenizer = _lora_base(spec, mesh, bases)
+        check_vocab(base_model.cfg, tokenizer, spec.model.spec)
+        lora_cfg = lora_lib.LoraConfig(rank=spec.lora.rank, alpha=float(spec.lora.alpha),
+                                       targets=tuple(spec.lora.targets), dropout=float(spec.lora.dropout))
+        model = lora_lib.add_lora(base_model, lora_cfg, seed=seed, mesh=mesh, role="train",
+                                  dtype=_dtype(spec.model.param_dtype))
+        graphdef, params, base_params = lora_lib.split_lora(model)
+        ref_graphdef = lora_lib.base_graphdef(model.cfg)
+        optimizer, train_step, logprob_fn = compiled_functions(graphdef, optim_cfg, loss_cfg, mesh,
+                                                               ref_graphdef=ref_graphdef, dropout_seed=seed)
+        train_step = functools.partial(train_step, frozen=base_params)
+        ref_params = base_params if spec.algorithm.needs_reference else None
+        ref_logprob_fn = logprob_function(ref_graphdef, loss_cfg, mesh)
+        sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=spec.rollout.max_prompt_len,
+                          lora_mode=spec.lora.sampler)
+    else:
+        model, tokenizer = load_model(
+            spec.model.spec, mesh=mesh, role="train",
+            param_dtype=_dtype(spec.model.param_dtype), dtype=_dtype(spec.model.dtype), remat=spec.model.remat,
+        )
+        base_model = model
+        check_vocab(model.cfg, tokenizer, spec.model.spec)
+        _init_from(model, spec)
+        graphdef, params = nnx.split(model)
+        base_params, ref_logprob_fn = None, None
+        optimizer, train_step, logprob_fn = compiled_functions(graphdef, optim_cfg, loss_cfg, mesh)
+        ref_params = jax.tree.map(jnp.copy, params) if spec.algorithm.needs_reference else None
+        sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=spec.rollout.max_prompt_len)
     agent = Agent(name=spec.name, graphdef=graphdef, state=None, ref_params=ref_params, sampler=sampler,
-                  train_step=train_step, logprob_fn=logprob_fn, spec=spec, tokenizer=tokenizer, model_cfg=model.cfg)
+                  train_step=train_step, logprob_fn=logprob_fn, spec=spec, tokenizer=tokenizer, model_cfg=model.cfg,
+                  base_params=base_params, ref_logprob_fn=ref_logprob_fn)
     critic = spec.critic if spec.uses_critic else None
     if critic is None:
         agent.state = init_train_state(params, optimizer)
@@ -207,7 +295,8 @@ def build_agent(spec: AgentSpec, mesh, *, seed: int = 0) -> Agent:
     else:
         from jaxalign.models.value import value_model_from_policy
 
-        value_model = value_model_from_policy(model, head_init_std=critic.head_init_std, seed=seed, mesh=mesh)
+        # With LoRA the critic starts from the base weights and is fully trained (its own copy).
+        value_model = value_model_from_policy(base_model, head_init_std=critic.head_init_std, seed=seed, mesh=mesh)
         v_graphdef, v_params = nnx.split(value_model)
         c_optimizer, critic_step, value_fn = critic_functions(
             "separate", v_graphdef, critic.optim_config(spec.optim), loss_cfg, mesh

@@ -81,7 +81,8 @@ def prepare(agent, samples: Samples, mesh, timer: metrics_lib.PhaseTimer | None 
     ref_logp = None
     if agent.ref_params is not None:
         with timer("logprobs"):
-            ref_logp, _ = agent.logprob_fn(agent.ref_params, tokens, valid, positions)
+            # The reference's own log-prob function when it has one (LoRA: the base with adapters off).
+            ref_logp, _ = (agent.ref_logprob_fn or agent.logprob_fn)(agent.ref_params, tokens, valid, positions)
             ref_logp.block_until_ready()
     values = None
     if agent.has_critic:
@@ -89,9 +90,11 @@ def prepare(agent, samples: Samples, mesh, timer: metrics_lib.PhaseTimer | None 
             values = agent.value_fn(agent.value_params, tokens, valid, positions)
             values.block_until_ready()
     with timer("advantages"):
+        # Failed samples (ok_n False) count in no group statistic: their filled-in rewards are only there
+        # to keep the arrays whole (`compute_advantages`' valid_n).
         advantages, returns = _advantages_jit(
             spec.algorithm.estimator, spec.algorithm.advantage_config(), put(samples.rewards_n),
-            put(samples.group_ids_n), loss_mask, old_logp, ref_logp, values,
+            put(samples.group_ids_n), loss_mask, old_logp, ref_logp, values, put(samples.ok_n),
         )
         advantages.block_until_ready()
     return StepBatch(tokens=tokens, valid=valid, positions=positions, loss_mask=loss_mask,
@@ -101,10 +104,12 @@ def prepare(agent, samples: Samples, mesh, timer: metrics_lib.PhaseTimer | None 
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
-def _advantages_jit(name, cfg, rewards_n, group_ids_n, mask_nt, old_logp_nt, ref_logp_nt, values_nt=None):
+def _advantages_jit(name, cfg, rewards_n, group_ids_n, mask_nt, old_logp_nt, ref_logp_nt, values_nt=None,
+                    valid_n=None):
     from jaxalign.algorithms.advantages import compute_advantages
 
-    return compute_advantages(name, cfg, rewards_n, group_ids_n, mask_nt, old_logp_nt, ref_logp_nt, values_nt)
+    return compute_advantages(name, cfg, rewards_n, group_ids_n, mask_nt, old_logp_nt, ref_logp_nt, values_nt,
+                              valid_n)
 
 
 def _policy_keys(agent, loss_cfg) -> tuple[str, ...]:

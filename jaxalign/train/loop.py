@@ -171,7 +171,9 @@ def train(config: ExperimentConfig, workdir: str | os.PathLike, method) -> RunRe
     try:
         with pool, StopSignal() as stop:
             enter_stage(start_step + 1)
-            if restored is None:
+            if restored is None and not config.train.eval_at_start:
+                eval_before = {}
+            elif restored is None:
                 eval_before, eval_record = _timed_eval(config, method, agents, pool, eval_examples, counters,
                                                        "before training (the first one compiles)")
                 writer.write(0, eval_record, kind="eval")

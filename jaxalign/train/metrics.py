@@ -186,7 +186,8 @@ class Progress:
             return
         shown = {}
         for key, value in metrics.items():  # `<agent>/reward/mean` per agent when there are several
-            for suffix, label in (("reward/mean", "reward"), ("loss/kl", "kl"), ("perf/tokens_per_s", "tok/s")):
+            for suffix, label in (("reward/mean", "reward"), ("loss/kl", "kl"), ("sft/loss", "loss"),
+                                  ("perf/tokens_per_s", "tok/s")):
                 if (key == suffix or key.endswith("/" + suffix)) and _is_number(value):
                     shown[key[: -len(suffix)] + label] = f"{value:.3g}"
         self._bar.set_postfix(shown)
@@ -209,7 +210,8 @@ def eval_table(before: Mapping[str, float], after: Mapping[str, float]) -> str:
 
 
 REPORT_CURVES = ("reward/mean", "loss/kl", "loss/entropy", "response/length_mean", "perf/tokens_per_s",
-                 "rollout/failed", "episode/parse_rate", "episode/label_acc", "episode/ftr")
+                 "rollout/failed", "episode/parse_rate", "episode/label_acc", "episode/ftr",
+                 "sft/loss", "sft/grad_norm", "sft/learning_rate")
 HIDDEN_WHEN_ZERO = ("loss/kl",)  # a run without a KL term gets no flat-zero KL panel
 
 

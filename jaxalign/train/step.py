@@ -47,15 +47,31 @@ from jaxalign.algorithms.losses import (
 from jaxalign.train.state import TrainState, state_shardings
 
 BATCH_AXES = ("data", "fsdp")
+_DROPOUT_KEY = "_lora_dropout_key"  # per-micro-batch dropout keys, added inside the step (LoRA dropout)
 REQUIRED_KEYS = ("tokens", "valid", "positions", "loss_mask", "loss_weights", "advantages", "old_logp")
 OPTIONAL_KEYS = ("ref_logp", "sampler_logp")
 
 
-def _logprobs(graphdef, params, tokens_bt, valid_bt, positions_bt, temperature, chunk_size):
-    model = nnx.merge(graphdef, params)
+def _logprobs(graphdef, params, tokens_bt, valid_bt, positions_bt, temperature, chunk_size, frozen=None,
+              lora_dropout_key=None):
+    """Log-probs and entropies of the model `graphdef` with `params` (and, for LoRA, the `frozen` base)."""
+    model = nnx.merge(graphdef, params) if frozen is None else nnx.merge(graphdef, params, frozen)
+    if lora_dropout_key is None:
+        return sequence_logprobs(
+            model, tokens_bt, valid_bt, positions_bt=positions_bt, temperature=temperature, chunk_size=chunk_size
+        )
     return sequence_logprobs(
-        model, tokens_bt, valid_bt, positions_bt=positions_bt, temperature=temperature, chunk_size=chunk_size
+        lambda t_bt, v_bt: model.hidden_states(t_bt, v_bt, positions_bt, lora_dropout_key=lora_dropout_key),
+        tokens_bt, valid_bt, w_dv=model.unembed_matrix(), temperature=temperature, chunk_size=chunk_size,
     )
+
+
+def _lora_dropout(graphdef, params, frozen) -> bool:
+    """Whether the model has LoRA adapters with dropout (decided at trace time from the static graph)."""
+    if frozen is None:
+        return False
+    adapters = getattr(nnx.merge(graphdef, params, frozen).layers, "lora", None)
+    return adapters is not None and adapters.dropout > 0
 
 
 def empty_metric_sums() -> dict[str, jax.Array]:
@@ -128,28 +144,36 @@ def make_train_step(
     *,
     mesh: Mesh | None = None,
     role: str = "train",
+    ref_graphdef: nnx.GraphDef | None = None,
+    dropout_seed: int = 0,
 ) -> Callable[..., tuple[TrainState, dict[str, jax.Array]]]:
-    """Builds `train_step(state, batch, ref_params=None) -> (new_state, metrics)` (see module doc).
+    """Builds `train_step(state, batch, ref_params=None, frozen=None) -> (new_state, metrics)` (see module doc).
 
     `ref_params` (the frozen reference) is only used when KL is in the loss and the batch carries no
-    'ref_logp'; its log-probs are then computed inside the step, per micro-batch, without gradient.
+    'ref_logp'; its log-probs are then computed inside the step, per micro-batch, without gradient, with
+    `ref_graphdef` (default `graphdef`; for LoRA the base's graphdef, the reference being the base).
+    LoRA: `state.params` holds only the adapters and `frozen` the base weights (`jaxalign.models.lora`):
+    gradients, optimizer state and donation cover the adapters alone. Adapter dropout draws its masks from
+    `(dropout_seed, state.step, micro-batch)`, so a resumed run repeats them.
     `role` names the sharding rules the state was created with (informational: the step keeps the state's
     own shardings). Metrics (float32 scalars): loss, pg_loss, kl, entropy, clip_frac, ratio_mean/max/min,
     tis_mean, adv_mean/std/max/min, tokens (loss tokens), grad_norm (before clipping).
     """
     del role
     temperature, chunk = loss_cfg.temperature, loss_cfg.logprob_chunk_size
+    ref_graphdef = graphdef if ref_graphdef is None else ref_graphdef
 
-    def micro_loss(params, micro, ref_params):
+    def micro_loss(params, micro, ref_params, frozen):
         logp, entropy = _logprobs(
-            graphdef, params, micro["tokens"], micro["valid"], micro["positions"], temperature, chunk
+            graphdef, params, micro["tokens"], micro["valid"], micro["positions"], temperature, chunk, frozen,
+            micro.get(_DROPOUT_KEY),
         )
         if loss_cfg.entropy_coef == 0:
             entropy = jax.lax.stop_gradient(entropy)
         ref_logp = micro.get("ref_logp")
         if loss_cfg.kl_in_loss and ref_logp is None:
             ref_logp, _ = _logprobs(
-                graphdef, ref_params, micro["tokens"], micro["valid"], micro["positions"], temperature, chunk
+                ref_graphdef, ref_params, micro["tokens"], micro["valid"], micro["positions"], temperature, chunk
             )
             ref_logp = jax.lax.stop_gradient(ref_logp)
         return policy_objective(
@@ -166,9 +190,14 @@ def make_train_step(
 
     grad_fn = jax.value_and_grad(micro_loss, has_aux=True)
 
-    def step(state: TrainState, batch: dict[str, jax.Array], ref_params):
+    def step(state: TrainState, batch: dict[str, jax.Array], extra):
+        ref_params, frozen = extra
+        if _lora_dropout(graphdef, state.params, frozen):
+            key = jax.random.fold_in(jax.random.key(dropout_seed), state.step)
+            batch = {**batch, _DROPOUT_KEY: jax.random.split(key, batch["tokens"].shape[0])}
         grads, sums = accumulate_gradients(
-            lambda params, micro: grad_fn(params, micro, ref_params), state.params, batch, empty_metric_sums()
+            lambda params, micro: grad_fn(params, micro, ref_params, frozen), state.params, batch,
+            empty_metric_sums()
         )
         metrics = finalize_metrics(sums)
         metrics["grad_norm"] = optax.global_norm(grads)
@@ -176,14 +205,14 @@ def make_train_step(
 
     compiled: dict[Any, Callable] = {}
 
-    def train_step(state: TrainState, batch: Mapping[str, Any], ref_params: Any = None):
+    def train_step(state: TrainState, batch: Mapping[str, Any], ref_params: Any = None, frozen: Any = None):
         _check_batch(batch, loss_cfg, ref_params is not None)
         if not loss_cfg.kl_in_loss or "ref_logp" in batch:
             ref_params = None  # not needed: keep it out of the compiled program
-        key = (tuple(sorted(batch)), ref_params is None)
+        key = (tuple(sorted(batch)), ref_params is None, frozen is None)
         if key not in compiled:
-            compiled[key] = jit_step(step, state, batch, ref_params, mesh)
-        return compiled[key](state, dict(batch), ref_params)
+            compiled[key] = jit_step(step, state, batch, (ref_params, frozen), mesh)
+        return compiled[key](state, dict(batch), (ref_params, frozen))
 
     return train_step
 
@@ -192,7 +221,8 @@ def jit_step(step: Callable, state: TrainState, batch: Mapping[str, Any], extra:
              ) -> Callable:
     """Jits `step(state, batch, extra) -> (state, metrics)` with the state donated. With a mesh: the state
     keeps its own shardings (in and out), the [m, b, t] batch is split over ("data", "fsdp") along b,
-    `extra` (None or a params pytree, e.g. the reference) keeps its shardings, metrics come out replicated.
+    `extra` (None or a pytree of params, e.g. the reference and a LoRA base) keeps its shardings, metrics
+    come out replicated.
     """
     if mesh is None:
         return jax.jit(step, donate_argnums=0)

@@ -15,23 +15,29 @@ names an action on the matrix's Pareto frontier, A the answer terms. A response 
 Ablations: reward "linear" ((U + L) / 2), "user" (U), "llm" (L). With `normalize="zscore"` rewards are
 standardised per data source within each batch (the reference's mixed-data run).
 
-Answer terms are checked by rules, per data source (a model judge, as the paper uses for writing and
-safety data, is not part of this method yet, and rows of such sources are rejected with a clear error):
+Answer terms are checked by rules, per data source, or with `judge="model"` by model judges run on
+jaxalign's sampler (`judges`: writing 0-4 and safety 0/0.5/1 sources, which need it, the judged PO, and a
+math-equivalence judge where the math rules cannot decide; default judge model: the policy's base model):
   * math (`math`, `math-hard`, `minerva`): A_user = A_llm = the `<response>` answer equals the reference
     (math-verify);
-  * ambiguity (`ambiguity`, `ambig_qa`, `abg-coqa`): A = 1 when the chosen action fits the question: CQ or
-    AQ for an ambiguous one, DA for a clear one. The action is the key the `<analyze>` block settles on.
-PO is decided by a rule in place of the reference's judge: the analysis names the assistant action of a
-cell on the frontier of its own matrix.
+  * ambiguity (`ambiguity`, `ambig_qa`, `abg-coqa`): A = 1 when the `<response>` fits the question: it
+    asks or spells out several readings for an ambiguous one, it answers (a follow-up question on top is
+    fine) for a clear one.
+With llm_terms="pareto" a reply without an `<analyze>` block gets reward 0 (the reference's ablation
+tasks). PO is decided by a rule in place of the reference's judge, on its levels 1 / 0.5 / 0: the key the
+analysis chooses is on the frontier of its own matrix / is dominated but its action is a frontier action /
+it chooses nothing or a dominated action (`game.pareto_score`).
+
+`coldstart` writes the SFT cold-start chats (registered as the embedded chat set "gtalign_coldstart").
 
 Layout: `config` (GTAlignConfig, the accepted names, the feature names), `game` (the block format and the
 payoff matrix), `prompts` (with `game_messages`), `data` (file rows and the embedded offline set), `rewards`
-(pool features, U/L/W, the z-score), `steer` (inference-time pricing steering and the `jaxalign steer`
-command) and `method` (GTAlignMethod, registered as "gtalign"). Public names are re-exported here (the
-steering function itself: `jaxalign.methods.gtalign.steer.steer`).
+(pool features, U/L/W, the z-score), `judges` (the model judges), `steer` (inference-time pricing steering
+and the `jaxalign steer` command) and `method` (GTAlignMethod, registered as "gtalign"). Public names are
+re-exported here (the steering function itself: `jaxalign.methods.gtalign.steer.steer`).
 """
 
-from jaxalign.methods.gtalign import game
+from jaxalign.methods.gtalign import coldstart, game  # coldstart registers its chat set for `jaxalign sft`
 from jaxalign.methods.gtalign.config import (
     ACTIONS,
     AMBIGUITY_SOURCES,
@@ -79,6 +85,7 @@ __all__ = [
     "STEERED_ANALYZE",
     "SYSTEM_PROMPT",
     "SteeredReply",
+    "coldstart",
     "example_from_row",
     "game",
     "game_messages",

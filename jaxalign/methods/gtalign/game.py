@@ -33,7 +33,13 @@ FORMAT_RE = re.compile(
     re.DOTALL | re.MULTILINE,
 )
 _KEY_RE = re.compile(r"\b(DQ|VQ)_(DA|CQ|AQ)\b")
-_ACTION_RE = re.compile(r"(?<![A-Za-z])(DA|CQ|AQ)(?![A-Za-z])")  # also inside keys like DQ_DA
+# A choice: a choosing word, at most three words, then a key or a bare action ("I pick DQ_DA", "the chosen
+# key is VQ_CQ", "Choice: AQ"). The words are case-insensitive, the keys and actions are not.
+_CHOICE_RE = re.compile(
+    r"(?i:\b(?:choose|chooses|chose|chosen|choice|pick|picks|picked|select|selects|selected|recommend|recommends|"
+    r"recommended|recommendation|go with|going with|settle on|opt for|best)\b)"
+    r"\W+(?:[A-Za-z]+\W+){0,3}?((?:DQ|VQ)_(?:DA|CQ|AQ)|(?<![A-Za-z_])(?:DA|CQ|AQ))(?![A-Za-z0-9_])"
+)
 _CURLY_QUOTES = {"\u201c": '"', "\u201d": '"', "\u2018": "'", "\u2019": "'"}
 
 Payoffs = dict[str, tuple[float, float]]
@@ -165,11 +171,34 @@ def named_key(analyze: str) -> str | None:
     return f"{keys[-1][0]}_{keys[-1][1]}" if keys else None
 
 
-def names_frontier_action(analyze: str, frontier: list[str]) -> bool:
-    """Whether the analysis names at least one assistant action on the frontier (a rule-based stand-in for
-    the reference's judge check of the Pareto reasoning)."""
-    actions = {k.split("_")[1] for k in frontier}
-    return any(a in actions for a in _ACTION_RE.findall(analyze or ""))
+def chosen_strategy(analyze: str) -> tuple[str | None, str | None]:
+    """(key, action) an `<analyze>` block chooses: the last key or bare action that follows a choosing word
+    ("I pick DQ_DA", "Choice: CQ"), else the key when it is the only one named; (None, None) when it chooses
+    nothing, e.g. a block that merely lists several keys. A bare action gives (None, action)."""
+    choices = _CHOICE_RE.findall(analyze or "")
+    if choices:
+        token = choices[-1]
+        return (token, token.split("_")[1]) if "_" in token else (None, token)
+    keys = {f"{u}_{a}" for u, a in _KEY_RE.findall(analyze or "")}
+    if len(keys) == 1:
+        key = keys.pop()
+        return key, key.split("_")[1]
+    return None, None
+
+
+def pareto_score(analyze: str, payoffs: Mapping[str, tuple[float, float]]) -> float:
+    """PO in {0, 0.5, 1}, a rule-based stand-in for the reference's judge of the Pareto reasoning, on the
+    judge's levels: 1 when the chosen key is on the frontier of `payoffs` (or a bare chosen action is the
+    action of a frontier key), 0.5 when the chosen key is dominated but its action is a frontier action
+    (right action, wrong claim about the cell), 0 when the analysis chooses nothing or a dominated action."""
+    key, action = chosen_strategy(analyze)
+    if action is None:
+        return 0.0
+    frontier = pareto_frontier(payoffs)
+    if key is not None and key in frontier:
+        return 1.0
+    on_frontier = action in {k.split("_")[1] for k in frontier}
+    return (0.5 if key is not None else 1.0) if on_frontier else 0.0
 
 
 def band_score(count: float, low: float, high: float, k: float = 0.005) -> float:

@@ -3,6 +3,7 @@ user's and the LLM's welfare, their combination and the per-source z-score. Form
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping, Sequence
 
 import jax.numpy as jnp
@@ -13,6 +14,7 @@ from jaxalign.methods.gtalign.config import (
     AMBIGUITY_SOURCES,
     EPS,
     FEATURES,
+    JUDGED_SOURCES,
     LLM_TERMS,
     MATH_SOURCES,
     REWARD_MODES,
@@ -21,22 +23,42 @@ from jaxalign.methods.gtalign.config import (
 from jaxalign.rewards.verifiers import correctness_features
 
 
+_QUESTION_RE = re.compile(r"[^.!?\n]*\?")
+_READINGS_RE = re.compile(
+    r"(?i)\b(?:if you mean|if you meant|if you are asking|if you're asking|if it is about|depending on|it depends|"
+    r"could mean|can mean|might mean|one reading|another reading|the other reading|in one sense|in another sense|"
+    r"either way|two (?:readings|meanings|cases))\b")
+
+
+def response_acts(response: str) -> tuple[bool, bool, bool]:
+    """(asks, answers, covers readings) of a `<response>` text: it has a question sentence; the rest (its
+    sentences that are not questions) holds a number or at least three words; it spells out several readings
+    ("if you mean ...", "it depends on ...")."""
+    statement = _QUESTION_RE.sub(" ", response)
+    answers = len(statement.split()) >= 3 or any(ch.isdigit() for ch in statement)
+    return bool(_QUESTION_RE.search(response)), answers, bool(_READINGS_RE.search(response))
+
+
 def _chosen_action(analyze: str | None, response: str) -> str:
-    key = game.named_key(analyze or "")
-    if key is not None:
-        return key.split("_")[1]
-    if response.rstrip().endswith("?"):  # no key named: read the action off the reply itself
-        return "CQ" if len(response.split()) <= 30 else "AQ"
-    return "DA"
+    action = game.chosen_strategy(analyze or "")[1]
+    if action is not None:
+        return action
+    asks, answers, _ = response_acts(response)  # the analysis chooses nothing: read the reply itself
+    return ("AQ" if answers else "CQ") if asks else "DA"
 
 
-def _answer_terms(source: str, response: str, action: str, example: Mapping[str, Any]) -> tuple[float, float]:
+def _answer_terms(source: str, response: str, example: Mapping[str, Any]) -> tuple[float, float]:
     if source in MATH_SOURCES:
         correct = correctness_features(response, example)["correct"]
         return correct, correct
     if source in AMBIGUITY_SOURCES:
-        fits = action in ("CQ", "AQ") if example["ambiguous"] else action == "DA"
+        # As the reference's ambiguity judge reads the reply: an ambiguous question should be clarified or
+        # answered for several readings, a clear one answered (a follow-up question on top is fine).
+        asks, answers, readings = response_acts(response)
+        fits = (asks or readings) if example["ambiguous"] else answers
         return float(fits), float(fits)
+    if source in JUDGED_SOURCES:  # writing and safety: set by the model judges (`gtalign.judges`)
+        return 0.0, 0.0
     raise ValueError(f"gtalign: data source {source!r} has no rule-based answer check")
 
 
@@ -55,20 +77,21 @@ def gtalign_features(text: str, example: Mapping[str, Any], *, response_words: t
         return features
     analyze = game.extract_tag(text, "analyze")
     action = _chosen_action(analyze, response)
-    answer_user, answer_llm = _answer_terms(example["data_source"], response, action, example)
+    answer_user, answer_llm = _answer_terms(example["data_source"], response, example)
     reasoning = text.split("<response>", 1)[0]
     features.update(
         parse_ok=1.0,
         format=float(game.format_ok(text)),
         quality=game.matrix_quality(payoffs),
-        pareto=float(analyze is not None and game.names_frontier_action(analyze, game.pareto_frontier(payoffs))),
+        analyze_ok=float(analyze is not None),
+        pareto=game.pareto_score(analyze, payoffs) if analyze is not None else 0.0,
         answer_user=answer_user,
         answer_llm=answer_llm,
         response_band=game.band_score(len(response.split()), *response_words),
         reasoning_brevity=game.brevity_score(len(reasoning), reasoning_scale),
         full_band=game.band_score(len(text.split()), *full_words),
         response_ratio=len(response) / max(len(text), 1),
-        welfare_consistent=float(game.named_key(analyze or "") == game.welfare_choice(payoffs)),
+        welfare_consistent=float(game.chosen_strategy(analyze or "")[0] == game.welfare_choice(payoffs)),
         **{f"action_{action}": 1.0},
     )
     return features
@@ -89,7 +112,8 @@ def welfare_terms(f: Mapping[str, Any], *, llm_terms: str = "main") -> tuple[jnp
 
 def gtalign_rewards(f: Mapping[str, Any], *, mode: str = "welfare", llm_terms: str = "main"
                     ) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
-    """(reward, U, L) per sample; reward 0 where the response did not parse (`parse_ok` 0)."""
+    """(reward, U, L) per sample; reward 0 where the response did not parse (`parse_ok` 0) and, with
+    `llm_terms="pareto"` (the reference's ablation tasks), also where it has no `<analyze>` block."""
     user, llm = welfare_terms(f, llm_terms=llm_terms)
     if mode == "welfare":
         score = jnp.sqrt(user * llm)
@@ -101,7 +125,13 @@ def gtalign_rewards(f: Mapping[str, Any], *, mode: str = "welfare", llm_terms: s
         score = llm
     else:
         raise ValueError(f"unknown reward mode {mode!r}; known: {', '.join(REWARD_MODES)}")
-    return jnp.where(jnp.asarray(f["parse_ok"]) > 0.5, score, 0.0), user, llm
+    return jnp.where(scored_mask(f, llm_terms), score, 0.0), user, llm
+
+
+def scored_mask(f: Mapping[str, Any], llm_terms: str = "main") -> jnp.ndarray:
+    """Which samples get a reward: the payoff and response blocks parse, plus the analysis with "pareto"."""
+    ok = jnp.asarray(f["parse_ok"]) > 0.5
+    return ok & (jnp.asarray(f["analyze_ok"]) > 0.5) if llm_terms == "pareto" else ok
 
 
 def zscore_by_source(rewards_n: np.ndarray, sources: Sequence[str]) -> np.ndarray:

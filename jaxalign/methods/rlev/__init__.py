@@ -43,6 +43,7 @@ from jaxalign.methods.rlev.config import (
 from jaxalign.methods.rlev.data import (
     MIN_SCORE_FRACTION,
     ScorePredictor,
+    build_score_predictor,
     load_splits,
     parse_predicted_score,
     score_predictor_messages,
@@ -50,7 +51,11 @@ from jaxalign.methods.rlev.data import (
 )
 from jaxalign.methods.rlev.exam import LEVELS, make_exam_set
 from jaxalign.methods.rlev.method import RLEVMethod
-from jaxalign.methods.rlev.prompts import POLICY_SYSTEM_PROMPT, SCORE_PREDICTOR_SYSTEM_PROMPT
+from jaxalign.methods.rlev.prompts import (
+    BRIEF_POLICY_SYSTEM_PROMPT,
+    POLICY_SYSTEM_PROMPT,
+    SCORE_PREDICTOR_SYSTEM_PROMPT,
+)
 from jaxalign.methods.rlev.rewards import (
     EOSByValue,
     eos_probability_by_value,
@@ -62,6 +67,7 @@ from jaxalign.methods.rlev.rewards import (
 )
 
 __all__ = [
+    "BRIEF_POLICY_SYSTEM_PROMPT",
     "EOSByValue",
     "HUB_DATASETS",
     "JUDGE_DTYPES",
@@ -75,6 +81,7 @@ __all__ = [
     "ScorePredictor",
     "VALUE_SOURCES",
     "VERIFIERS",
+    "build_score_predictor",
     "eos_probability_by_value",
     "judge_mask",
     "load_splits",

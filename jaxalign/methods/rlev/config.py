@@ -25,6 +25,10 @@ class RLEVConfig:
       reward: reward mode, one of REWARD_MODES.
       alpha: value scale in s(x) = 1 + min(alpha * v, 1).
       value_source: where training values come from, one of VALUE_SOURCES.
+      predictor_model: with value_source "predicted", the model that predicts the values: a model spec as
+        the model registry accepts (an HF directory, a .gguf file or smollm2-135m-instruct), loaded on the
+        policy's mesh with a sampler of its own for the prediction pass over the training split and released
+        after it (the paper uses a separately trained predictor); None or "" = the policy itself.
       dataset: "embedded" (the generated exam set), "rlev" or "webinstruct" (hub names, read from the local
         cache), a local data file or dataset folder, or `tfds:<name>` (TensorFlow Datasets).
       schema: row schema of a local dataset: "auto", "rlev" or "webinstruct".
@@ -50,6 +54,7 @@ class RLEVConfig:
     reward: str = "human"
     alpha: float = 10.0
     value_source: str = "ground_truth"
+    predictor_model: str | None = None
     dataset: str = "embedded"
     schema: str = "auto"
     hub_config: str | None = None
@@ -89,7 +94,22 @@ class RLEVConfig:
             raise ValueError("rlev.num_train and rlev.num_eval must be > 0 for the generated embedded exam set")
         if self.schema not in ("auto", "rlev", "webinstruct"):
             raise ValueError(f"rlev.schema must be 'auto', 'rlev' or 'webinstruct', got {self.schema!r}")
+        self._check_predictor()
         self._check_judge()
+
+    def _check_predictor(self) -> None:
+        if not self.predictor_model:
+            return
+        if not isinstance(self.predictor_model, str):
+            raise ValueError(f"rlev.predictor_model must be a model spec string, got {self.predictor_model!r}")
+        if self.value_source != "predicted":
+            raise ValueError(f"rlev.predictor_model is set ({self.predictor_model!r}) but "
+                             f"rlev.value_source={self.value_source!r} never uses it; set value_source='predicted' "
+                             "or drop predictor_model")
+        if self.predictor_model.startswith("random:"):
+            raise ValueError(f"rlev.predictor_model={self.predictor_model!r} has no tokenizer and random weights; a "
+                             "value predictor needs a real model (an HF directory, a .gguf file or "
+                             "smollm2-135m-instruct), or leave it empty to use the policy")
 
     def _check_judge(self) -> None:
         if self.verifier not in VERIFIERS:

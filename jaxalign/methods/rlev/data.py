@@ -56,6 +56,31 @@ class ScorePredictor:
         return [parse_predicted_score(r[0] if r else "", t) for r, t in zip(replies, totals)]
 
 
+PREDICTOR_MAX_NEW_TOKENS = 12
+"""Reply length of the value predictor (greedy): a number needs a few tokens."""
+
+
+def build_score_predictor(spec: str, *, mesh: Any = None, max_prompt_len: int = 1024, key: Any = None,
+                          dtype: str = "bfloat16") -> ScorePredictor:
+    """A `ScorePredictor` over a model of its own (`rlev.predictor_model`): `load_model(spec, mesh=mesh,
+    role="sample")` run by its own `jaxalign.rollout.Sampler`, greedy, `PREDICTOR_MAX_NEW_TOKENS` new tokens.
+    jax is imported here, not at module import."""
+    import jax
+
+    from jaxalign.models import load_model
+    from jaxalign.rollout import Sampler, SamplingParams
+
+    model, tokenizer = load_model(spec, mesh=mesh, role="sample", param_dtype=dtype, dtype=dtype)
+    if tokenizer is None:
+        raise ValueError(f"rlev.predictor_model {spec!r} has no tokenizer, and the predictor reads text: use an "
+                         "HF model directory with tokenizer files, a .gguf file or smollm2-135m-instruct")
+    max_prompt_len = min(max_prompt_len, model.cfg.max_position_embeddings - PREDICTOR_MAX_NEW_TOKENS)
+    sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=max_prompt_len, cache_dtype=dtype)
+    del model  # the sampler holds its own copy of the weights
+    sampling_params = SamplingParams(max_new_tokens=PREDICTOR_MAX_NEW_TOKENS, greedy=True, n=1)
+    return ScorePredictor(sampler, sampling_params, jax.random.key(0) if key is None else key)
+
+
 # Splits
 
 
@@ -115,8 +140,9 @@ def training_values(cfg: RLEVConfig, train: Sequence[Example], score_predictor: 
         return np.array([weak_value(example["difficulty"]) for example in train], np.float64)
     if score_predictor is None:
         raise ValueError(
-            "rlev.value_source='predicted' needs a model: the method takes the policy's sampler in "
-            "setup(agents) (or method.use_sampler(sampler), or pass score_predictor=...) before load_data")
+            "rlev.value_source='predicted' needs a model: set rlev.predictor_model, or the method takes the "
+            "policy's sampler in setup(agents) (or method.use_sampler(sampler), or pass score_predictor=...) "
+            "before load_data")
     totals = [float(example["total"]) for example in train]
     scores = score_predictor.predict([example["prompt"] for example in train], totals)
     failed = sum(score is None for score in scores)

@@ -7,9 +7,16 @@ from typing import Any, Mapping, Sequence
 import jax
 import numpy as np
 
+from jaxalign.compare import CompareMetric as Col, CompareSpec
 from jaxalign.methods.base import Example, FeatureFn, Method, register
 from jaxalign.methods.rlev.config import RLEVConfig
-from jaxalign.methods.rlev.data import ScorePredictor, load_splits, training_values
+from jaxalign.methods.rlev.data import (
+    PREDICTOR_MAX_NEW_TOKENS,
+    ScorePredictor,
+    build_score_predictor,
+    load_splits,
+    training_values,
+)
 from jaxalign.methods.rlev.prompts import POLICY_SYSTEM_PROMPT
 from jaxalign.methods.rlev.rewards import eos_value_metrics, judge_mask, rlev_metrics, rlev_rewards, value_scale
 from jaxalign.rewards.judges import EquivalenceJudge, build_model_judge, judge_correctness, rule_features
@@ -21,11 +28,18 @@ class RLEVMethod(Method):
     """Value-weighted correctness rewards (see `jaxalign.methods.rlev`).
 
     The loop calls `setup(agents)` with the policy before `load_data`; the method takes the policy's
-    sampler there. With `value_source="predicted"` that sampler predicts the training values (or pass
-    `score_predictor=`); with a model verifier, `judge_model` is loaded on the sampler's mesh with a
-    sampler of its own (or pass `judge=`, any `EquivalenceJudge`). Tests can hand a sampler straight to
-    `use_sampler`.
+    sampler there. With `value_source="predicted"`, `load_data` predicts the training values with
+    `predictor_model` (loaded on the policy's mesh for that pass only) or, without one, with the policy's
+    sampler (or pass `score_predictor=`); `load_eval_data` (the `jaxalign eval` path) never predicts. With
+    a model verifier, `judge_model` is loaded on the sampler's mesh with a sampler of its own (or pass
+    `judge=`, any `EquivalenceJudge`). Tests can hand a sampler straight to `use_sampler`.
     """
+
+    compare_spec = CompareSpec((  # `jaxalign compare`: (eval key, label, higher is better, decimals)
+        Col("acc", "Acc", True, 1), Col("h_acc", "H-Acc", True, 1), Col("resp_length", "length", None, 1),
+        Col("value_density", "value density", True, 2), Col("acc_top20_value", "Acc top-20% value", True, 1),
+        Col("acc_bottom20_value", "Acc bottom-20% value", True, 1),
+        Col("length_value_slope", "length-value slope", None, 1)))
 
     def __init__(self, section: Any, *, score_predictor: ScorePredictor | None = None,
                  judge: EquivalenceJudge | None = None):
@@ -34,6 +48,7 @@ class RLEVMethod(Method):
         self.judge = judge
         self._judge_calls = 0
         self._sampler: Any = None
+        self._predictor_key: Any = None
         self.uniform_scale: float | None = None
         self._data_report: dict[str, Any] = {}
         self._stop_prob_fns: dict[str, Any] = {}
@@ -51,19 +66,36 @@ class RLEVMethod(Method):
         self.use_sampler(next(iter(agents.values())).sampler)
 
     def use_sampler(self, sampler: Any, sampling_params: Any = None, key: Any = None) -> None:
-        """Uses `sampler` (the policy's) to predict values (value_source="predicted"; defaults: greedy, 12 new
-        tokens) and, with a model verifier and no judge yet, loads `judge_model` on the sampler's mesh
-        (`sampler.mesh`) with a sampler of its own."""
-        if sampling_params is None:
-            from jaxalign.rollout import SamplingParams
-
-            sampling_params = SamplingParams(max_new_tokens=12, greedy=True, n=1)
+        """Takes `sampler` (the policy's): without `predictor_model` it predicts the values
+        (value_source="predicted"; defaults: greedy, `PREDICTOR_MAX_NEW_TOKENS` new tokens), and its mesh
+        (`sampler.mesh`) is where a predictor or judge model is loaded. With a model verifier and no judge
+        yet, loads `judge_model` there with a sampler of its own."""
         if key is None:
             key = jax.random.key(self.config.seed)
         self._sampler = sampler
-        self.score_predictor = ScorePredictor(sampler, sampling_params, key)
+        self._predictor_key = key
+        if not self.config.predictor_model:
+            if sampling_params is None:
+                from jaxalign.rollout import SamplingParams
+
+                sampling_params = SamplingParams(max_new_tokens=PREDICTOR_MAX_NEW_TOKENS, greedy=True, n=1)
+            self.score_predictor = ScorePredictor(sampler, sampling_params, key)
         if self.config.verifier != "rule":
             self._load_judge()
+
+    def _training_values(self, train: Sequence[Example]) -> np.ndarray:
+        """The values of `train` under `value_source`; a `predictor_model` is loaded for this pass only."""
+        cfg = self.config
+        if cfg.value_source != "predicted" or self.score_predictor is not None or not cfg.predictor_model:
+            return training_values(cfg, train, self.score_predictor, self._data_report)
+        predictor = build_score_predictor(
+            cfg.predictor_model, mesh=getattr(self._sampler, "mesh", None),
+            max_prompt_len=getattr(self._sampler, "max_prompt_len", 1024),
+            key=self._predictor_key if self._predictor_key is not None else jax.random.key(cfg.seed))
+        values = training_values(cfg, train, predictor, self._data_report)
+        self._data_report["predicted_values"]["model"] = cfg.predictor_model
+        del predictor  # its weights are not needed after this pass
+        return values
 
     def _load_judge(self) -> None:
         if self.judge is not None or self._sampler is None:
@@ -79,7 +111,7 @@ class RLEVMethod(Method):
         train, held_out = load_splits(self.config, self._data_report)
         if not train or not held_out:
             raise ValueError(f"rlev: empty split (train {len(train)}, eval {len(held_out)} examples)")
-        reward_values = training_values(self.config, train, self.score_predictor, self._data_report)
+        reward_values = self._training_values(train)
         if self.config.reward == "random":
             reward_values = np.random.default_rng(self.config.seed).permutation(reward_values)
         train = [dict(example, reward_value=float(v)) for example, v in zip(train, reward_values)]
@@ -90,6 +122,13 @@ class RLEVMethod(Method):
             mean_human_scale=self.uniform_scale,
         )
         return train, held_out
+
+    def load_eval_data(self) -> list[Example]:
+        """The eval split alone: no training values, so no value prediction (and no predictor model)."""
+        _, held_out = load_splits(self.config, self._data_report)
+        if not held_out:
+            raise ValueError("rlev: the eval split is empty; check rlev.eval_split / rlev.num_eval")
+        return held_out
 
     # -- prompts and rewards ---------------------------------------------------------------------------
     def messages(self, example: Example) -> list[dict[str, str]]:

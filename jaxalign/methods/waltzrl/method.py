@@ -17,6 +17,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from jaxalign.compare import CompareMetric as Col, CompareSpec
 from jaxalign.methods.base import Method, config_section, register
 from jaxalign.methods.waltzrl import prompts as prompts_lib
 from jaxalign.methods.waltzrl.config import WaltzRLConfig
@@ -62,6 +63,11 @@ def _rows(played: Played, turns, picks: Sequence[tuple[int, int]]):
 @register("waltzrl")
 class WaltzRLMethod(Method):
     """The conversation and feedback agents of WaltzRL (arXiv 2510.08240)."""
+
+    compare_spec = CompareSpec((  # `jaxalign compare`: (eval key, label, higher is better, decimals)
+        Col("asr", "ASR", False), Col("orr", "ORR", False), Col("f1", "F1"), Col("ftr", "FTR", None),
+        Col("label_acc", "label acc"), Col("parse_rate", "parse rate"), Col("mean_revisions", "revisions", None),
+        Col("asr_c0", "ASR c0", False), Col("orr_c0", "ORR c0", False)))
 
     def __init__(self, section: Any, *, judge: Any = None):
         super().__init__(section)
