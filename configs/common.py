@@ -117,7 +117,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.rewards = ml_collections.ConfigDict(dict(num_workers=2, timeout_s=30.0))
     # LoRA: rank 0 = full fine-tuning; e.g. --config.lora.rank=8 trains adapters on a frozen base.
     c.lora = ml_collections.ConfigDict(dict(rank=0, alpha=16.0, targets=",".join(LORA_TARGETS), dropout=0.0,
-                                            base_dtype="", sampler="adapters"))
+                                            base_dtype="", sampler="merged"))
     return c
 
 

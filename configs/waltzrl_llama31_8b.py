@@ -36,9 +36,10 @@ one batch; `eval/asr`, `eval/orr`, `eval/ftr`, `eval/label_acc`, `eval/f1` are t
 Not stated by the paper and chosen here: sampling temperature 1.0, Adam with the library's defaults
 (grad-norm clip 1.0), greedy eval, tau_A / tau_B with probability 0.5 each. Parameters are float32 master
 weights with bfloat16 compute: an update of 5e-7 is far below bfloat16's resolution at the weights'
-magnitude, so bfloat16 master weights would not move. Memory: per agent float32 parameters, Adam moments,
-reference and sampler copy (about 160 GB for 8B), both agents plus the judge about 350 GB before
-activations: a v5p-16/-32 or v4-32 slice, or 8 x 80 GB GPUs. The batch of 32 must divide over the mesh's
+magnitude, so bfloat16 master weights would not move. Memory: per agent float32 parameters, Adam moments
+and reference, and the sampler's bfloat16 copy (about 145 GB for 8B), both agents plus the judge about
+310 GB before activations: a v5p-16/-32 or v4-32 slice, or 8 x 80 GB GPUs (the start-up estimate for
+`:gpu8` is 73 GiB per GPU). The batch of 32 must divide over the mesh's
 data*fsdp in every micro-batch: on a slice of 32 chips add `--config.algorithm.micro_batches=1`; beyond
 that put the extra chips on `--config.mesh.tensor`.
 Variants: `:gpu8` (a fixed 8-way fsdp mesh, smaller micro-batches).

@@ -224,8 +224,9 @@ class LoraSpec:
       dropout: dropout on the adapters' input during training updates (not in log-prob passes or sampling).
       base_dtype: dtype of the frozen base weights ("" = `model.param_dtype`; "bfloat16" halves them);
         the adapters keep `model.param_dtype`.
-      sampler: "merged" (the sampler holds base + adapters folded into one copy of the weights) or
-        "adapters" (it applies the adapters in its forward pass on the shared base: no second copy).
+      sampler: "merged" (the sampler holds base + adapters folded into one copy of the weights; the faster
+        decode) or "adapters" (it applies the adapters in its forward pass on the shared base: no second
+        copy of the weights).
     """
 
     rank: int = 0
@@ -233,7 +234,7 @@ class LoraSpec:
     targets: tuple[str, ...] = LORA_TARGETS
     dropout: float = 0.0
     base_dtype: str = ""
-    sampler: str = "adapters"
+    sampler: str = "merged"
 
     @property
     def enabled(self) -> bool:
@@ -870,7 +871,8 @@ def _validate_lora(agent: AgentSpec) -> None:
     if not isinstance(lora.rank, int) or isinstance(lora.rank, bool) or lora.rank < 0:
         raise ConfigError(f"lora.rank must be an integer >= 0 (0 = full fine-tuning), got {lora.rank!r}")
     if not isinstance(lora.alpha, (int, float)) or isinstance(lora.alpha, bool) or not lora.alpha > 0:
-        raise ConfigError(f"lora.alpha must be a number > 0 (the adapters are scaled by alpha / rank), got {lora.alpha!r}")
+        raise ConfigError(f"lora.alpha must be a number > 0 (the adapters are scaled by alpha / rank), "
+                          f"got {lora.alpha!r}")
     if not lora.targets:
         raise ConfigError(f"lora.targets is empty; name one or more of {', '.join(LORA_TARGETS)}")
     unknown = [t for t in lora.targets if t not in LORA_TARGETS]

@@ -1,7 +1,8 @@
 """Per-device memory estimate of a run, printed at start; a layout that cannot fit is refused before loading.
 
 A run holds, per agent and per device: the trained parameters, their gradients and AdamW moments, the
-frozen reference policy (when a KL term needs it), the sampler's copy of the weights, a separate critic,
+frozen reference policy (when a KL term needs it), the sampler's copy of the weights (in the compute dtype
+`model.dtype`, norm scales as stored), a separate critic,
 and, while it runs, either the generation phase (the KV cache) or the update phase (gradients and
 activations). The two phases never overlap, and the agents generate and update one after the other, so
 
@@ -33,7 +34,7 @@ T = max_prompt_len + max_new_tokens tokens.
   to the sampler's prompt bucket) plus the response width (rounded to its response bucket).
 
 A `jaxalign sft` run (`config.kind == "sft"`) trains on B = sft.batch_size / (sft.micro_batches * data *
-fsdp) rows of T = sft.max_len tokens and generates nothing (no KV cache).
+fsdp) rows of T = sft.max_len tokens and generates nothing (no KV cache, no sampler).
 
 With LoRA (an agent's `lora` section) only the adapters are trained: gradients and optimizer state are
 the adapters', the frozen base is held once in its `base_dtype` (agents on the same base share it), and
@@ -150,18 +151,22 @@ def _abstract_mesh(mesh: Sequence[int]):
     return AbstractMesh(tuple(mesh), MESH_AXES, axis_types=(AxisType.Auto,) * len(MESH_AXES))
 
 
-def per_device_bytes(state, mesh: Sequence[int], role: str, *, dtype=None) -> int:
+def per_device_bytes(state, mesh: Sequence[int], role: str, *, dtype=None, norms_as_stored: bool = False) -> int:
     """Bytes one device holds of an (abstract) parameter state sharded by `role`'s rules on a mesh of
-    sizes (data, fsdp, tensor); `dtype` replaces the stored dtype (e.g. a frozen base in bfloat16)."""
+    sizes (data, fsdp, tensor); `dtype` replaces the stored dtype (e.g. a frozen base in bfloat16), except
+    for the norm scales with `norms_as_stored` (the sampler's compute-dtype copy keeps them)."""
     import jax
     from flax import nnx
 
+    from jaxalign.rollout.sampler import is_norm_path
     from jaxalign.sharding import logical_to_spec
 
     abstract = _abstract_mesh(mesh)
     total = 0
-    for variable in jax.tree.leaves(state, is_leaf=lambda x: isinstance(x, nnx.Variable)):
+    leaves = jax.tree_util.tree_leaves_with_path(state, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    for path, variable in leaves:
         value = variable.get_value() if isinstance(variable, nnx.Variable) else variable
+        cast = dtype is not None and not (norms_as_stored and is_norm_path(path))
         shape = tuple(value.shape)
         axes = variable.get_metadata().get("logical_axes") if isinstance(variable, nnx.Variable) else None
         local = list(shape)
@@ -169,7 +174,7 @@ def per_device_bytes(state, mesh: Sequence[int], role: str, *, dtype=None) -> in
             for dim, entry in enumerate(logical_to_spec(axes, abstract, role, shape)):
                 names = () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
                 local[dim] //= math.prod(abstract.shape[name] for name in names)
-        total += math.prod(local) * _itemsize(dtype if dtype is not None else value.dtype)
+        total += math.prod(local) * _itemsize(dtype if cast else value.dtype)
     return total
 
 
@@ -252,14 +257,14 @@ def agent_memory(spec: AgentSpec, cfg, mesh: Sequence[int], *, base_held: bool =
         params = per_device_bytes(trained_state, mesh, "train")
         frozen = 0
         reference = per_device_bytes(policy, mesh, "train") if spec.algorithm.needs_reference else 0
-        sampler = per_device_bytes(policy, mesh, "sample")
+        sampler = _sampler_copy_bytes(policy, mesh, cfg.dtype)
     else:
         adapters = _lora_adapter_state(cfg, lora)
         params = per_device_bytes(adapters, mesh, "train")
         base_dtype = lora.base_dtype or cfg.param_dtype
         frozen = 0 if base_held else per_device_bytes(policy, mesh, "train", dtype=base_dtype)
         reference = 0  # the base with the adapters off
-        sampler = _lora_sampler_bytes(policy, adapters, mesh, base_dtype, lora.sampler)
+        sampler = _lora_sampler_bytes(policy, adapters, mesh, cfg.dtype, lora.sampler)
     critic = 0
     if spec.uses_critic and spec.critic is not None and spec.critic.mode == "separate":
         from jaxalign.models.value import ValueModel
@@ -273,7 +278,7 @@ def agent_memory(spec: AgentSpec, cfg, mesh: Sequence[int], *, base_held: bool =
         kv_cache = kv_cache_bytes(cfg, r, batch_parallel=data * fsdp, tensor=tensor)
     else:
         rows = max(1, sft.batch_size // (sft.micro_batches * data * fsdp))
-        seq_len, kv_cache = sft.max_len, 0
+        seq_len, kv_cache, sampler = sft.max_len, 0, 0  # no generation: no KV cache, no sampler
     chunk = a.loss_config(r.temperature).logprob_chunk_size
     return AgentMemory(
         name=spec.name, params=params, frozen_base=frozen, gradients=2 * params, optimizer=2 * params,
@@ -295,11 +300,17 @@ def _lora_adapter_state(cfg, lora):
     return _abstract_state(lambda: LoraAdapters(cfg, settings, rngs=nnx.Rngs(0), dtype=cfg.param_dtype))
 
 
-def _lora_sampler_bytes(policy, adapters, mesh, base_dtype, mode: str) -> int:
-    """A LoRA agent's sampler: its own copy of the merged weights ("merged"), or of the adapters only,
-    applied in the forward pass on the shared base ("adapters")."""
+def _sampler_copy_bytes(policy, mesh, compute_dtype) -> int:
+    """The sampler's own copy of the weights (`Sampler(param_dtype="compute")`): every weight in the compute
+    dtype except the norm scales, in the "sample" sharding."""
+    return per_device_bytes(policy, mesh, "sample", dtype=compute_dtype, norms_as_stored=True)
+
+
+def _lora_sampler_bytes(policy, adapters, mesh, compute_dtype, mode: str) -> int:
+    """A LoRA agent's sampler: its own copy of the merged weights in the compute dtype ("merged"), or of the
+    adapters only, applied in the forward pass on the shared base ("adapters")."""
     if mode == "merged":
-        return per_device_bytes(policy, mesh, "sample", dtype=base_dtype)
+        return _sampler_copy_bytes(policy, mesh, compute_dtype)
     return per_device_bytes(adapters, mesh, "sample")
 
 

@@ -17,14 +17,17 @@ from nbclient import NotebookClient
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def execute_notebook(name: str, *, model_dir: str, tmp_path: pathlib.Path, setup: str = "",
+def execute_notebook(name: str, *, model_dir: str, tmp_path: pathlib.Path, setup: str = "", then: str = "",
                      timeout: int = 1200) -> nbformat.NotebookNode:
     """Runs `colabs/<name>` in a fresh kernel from the repository root; returns the executed notebook.
 
     A failing cell raises `nbclient.exceptions.CellExecutionError` with the cell's traceback. `setup`
-    forces a setup of the notebook's setup cell ("cpu", "gpu", "tpu"; default: the kernel's backend).
+    forces a setup of the notebook's setup cell ("cpu", "gpu", "tpu"; default: the kernel's backend);
+    `then` is the test's own code, run in the same kernel after the last cell.
     """
     notebook = nbformat.read(ROOT / "colabs" / name, as_version=4)
+    if then:
+        notebook.cells.append(nbformat.v4.new_code_cell(then))
     env = {**os.environ, "JAXALIGN_NOTEBOOK_TINY": "1", "JAXALIGN_NOTEBOOK_MODEL": model_dir,
            "JAXALIGN_NOTEBOOK_SKIP_INSTALL": "1", "JAXALIGN_NOTEBOOK_SETUP": setup,
            "TMPDIR": str(tmp_path), "XLA_FLAGS": "", "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"}

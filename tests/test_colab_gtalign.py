@@ -7,6 +7,16 @@ import pytest
 from notebooks import committed_without_outputs, execute_notebook, images, text_output
 
 NOTEBOOK = "gtalign_walkthrough.ipynb"
+# Run after the notebook in its kernel: the GPU and TPU setups (not run here) are valid configs, for the
+# cold start and for the RL run from it.
+CHECK_SETUPS = """
+for name, setup in SETUPS.items():
+    sft_agent = load(CONFIG, setup, kind="sft").agent
+    rl_agent = load(CONFIG, {**setup, **RL_SETUPS.get(name, {}), "model.init_from": SFT_WORKDIR}).agent
+    print(f"valid setup {name}: dtype {rl_agent.model.dtype}, cold start lora rank "
+          f"{sft_agent.lora.rank if sft_agent.uses_lora else 0}, RL lora rank "
+          f"{rl_agent.lora.rank if rl_agent.uses_lora else 0}, critic {rl_agent.critic.mode}")
+"""
 
 
 def test_committed_without_outputs():
@@ -16,7 +26,7 @@ def test_committed_without_outputs():
 @pytest.fixture(scope="module")
 def executed(tiny_chat_model_dir, tmp_path_factory):
     notebook = execute_notebook(NOTEBOOK, model_dir=tiny_chat_model_dir,
-                                tmp_path=tmp_path_factory.mktemp("gtalign_nb"))
+                                tmp_path=tmp_path_factory.mktemp("gtalign_nb"), then=CHECK_SETUPS)
     return notebook, text_output(notebook)
 
 
@@ -45,3 +55,6 @@ def test_cold_start_then_rl_with_report_and_table(executed):
         assert 0.0 <= before <= 1.0 and 0.0 <= after <= 1.0, key
     shown = images(notebook)
     assert len(shown) == 1 and shown[0][:8] == b"\x89PNG\r\n\x1a\n"
+    assert "valid setup cpu: dtype float32, cold start lora rank 0, RL lora rank 0, critic shared" in out
+    assert "valid setup gpu: dtype bfloat16, cold start lora rank 0, RL lora rank 0, critic shared" in out
+    assert "valid setup tpu: dtype bfloat16, cold start lora rank 0, RL lora rank 16, critic separate" in out

@@ -6,6 +6,12 @@ import pytest
 from notebooks import committed_without_outputs, execute_notebook, images, text_output
 
 NOTEBOOK = "rlev_demo.ipynb"
+# Run after the notebook in its kernel: the GPU and TPU setups (not run here) are valid configs.
+CHECK_SETUPS = """
+for name, setup in SETUPS.items():
+    agent = next(iter(load(CONFIG, setup).agents.values()))
+    print(f"valid setup {name}: dtype {agent.model.dtype}, lora rank {agent.lora.rank if agent.uses_lora else 0}")
+"""
 
 
 def test_committed_without_outputs():
@@ -14,7 +20,8 @@ def test_committed_without_outputs():
 
 @pytest.fixture(scope="module")
 def executed(tiny_chat_model_dir, tmp_path_factory):
-    notebook = execute_notebook(NOTEBOOK, model_dir=tiny_chat_model_dir, tmp_path=tmp_path_factory.mktemp("rlev_nb"))
+    notebook = execute_notebook(NOTEBOOK, model_dir=tiny_chat_model_dir, tmp_path=tmp_path_factory.mktemp("rlev_nb"),
+                                then=CHECK_SETUPS)
     return notebook, text_output(notebook)
 
 
@@ -39,6 +46,9 @@ def test_notebook_runs_and_prints_the_comparison(executed):
                          "eval/acc_top20_value", "eval/acc_bottom20_value"}
     assert all(0.0 <= x <= 100.0 for x in rows["eval/acc"] + rows["eval/h_acc"])
     assert all(1.0 <= x <= 8.0 for x in rows["eval/resp_length"])
+    assert "valid setup cpu: dtype float32, lora rank 0" in out
+    assert "valid setup gpu: dtype bfloat16, lora rank 0" in out
+    assert "valid setup tpu: dtype bfloat16, lora rank 16" in out
     # The report (curves) is displayed as a PNG image.
     shown = images(notebook)
     assert len(shown) == 1 and shown[0][:8] == b"\x89PNG\r\n\x1a\n"

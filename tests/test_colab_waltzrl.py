@@ -6,6 +6,13 @@ import math
 from notebooks import committed_without_outputs, execute_notebook, images, text_output
 
 NOTEBOOK = "waltzrl_demo.ipynb"
+# Run after the notebook in its kernel: the GPU and TPU setups (not run here) are valid configs for both agents.
+CHECK_SETUPS = """
+for name, setup in SETUPS.items():
+    agents = load(CONFIG, setup).agents.values()
+    print(f"valid setup {name}: " + ", ".join(
+        f"{a.name} dtype {a.model.dtype} lora rank {a.lora.rank if a.uses_lora else 0}" for a in agents))
+"""
 
 
 def test_committed_without_outputs():
@@ -25,7 +32,7 @@ def _table_rows(out: str, header_start: str) -> list[list[str]]:
 
 
 def test_notebook_trains_both_agents_through_two_stages(tiny_chat_model_dir, tmp_path):
-    notebook = execute_notebook(NOTEBOOK, model_dir=tiny_chat_model_dir, tmp_path=tmp_path)
+    notebook = execute_notebook(NOTEBOOK, model_dir=tiny_chat_model_dir, tmp_path=tmp_path, then=CHECK_SETUPS)
     out = text_output(notebook)
     # The configuration: two agents, two stages, the demo's method section.
     assert "agent conversation" in out and "agent feedback" in out
@@ -46,6 +53,10 @@ def test_notebook_trains_both_agents_through_two_stages(tiny_chat_model_dir, tmp
         assert 0.0 <= r_c <= 1.0 and -0.55 <= r_f <= 1.0 and 0.0 <= ftr <= 1.0 and 0.0 <= parse_rate <= 1.0
     shown = images(notebook)
     assert len(shown) == 1 and shown[0][:8] == b"\x89PNG\r\n\x1a\n"
+
+    assert ("valid setup tpu: conversation dtype bfloat16 lora rank 16, feedback dtype bfloat16 lora rank 16"
+            in out)
+    assert "valid setup gpu: conversation dtype bfloat16 lora rank 0, feedback dtype bfloat16 lora rank 0" in out
 
     # The before/after table has the paper's metrics; the 4 eval requests are 2 harmful and 2 benign.
     table = {row[0]: row[1:] for row in (line.split() for line in out.splitlines()) if row and row[0].startswith("eval/")}

@@ -32,10 +32,6 @@ from jaxalign.train.metrics import read_metrics
 from jaxalign.train.state import init_train_state
 from jaxalign.train.step import make_train_step
 
-# Our layout of each target's weight: (input dims, output dims) counted from the layer axis on.
-IN_DIMS = {"q_proj": 1, "k_proj": 1, "v_proj": 1, "o_proj": 2, "gate_proj": 1, "up_proj": 1, "down_proj": 1}
-
-
 def with_random_adapters(model, seed=3, std=0.05):
     """The LoRA model with every adapter (B included) set to random values, so that B != 0 matters."""
     graphdef, adapters, base = lora_lib.split_lora(model)
@@ -174,14 +170,15 @@ def test_lora_step_changes_only_adapters_by_the_chain_rule_gradient():
 
     state = _sgd_step(graphdef, adapters, batch, frozen=base)
     # Only adapters are trained and hold optimizer state; the base is untouched.
-    assert all(isinstance(v, nnx.LoRAParam) for v in jax.tree.leaves(state.params, is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    variables = jax.tree.leaves(state.params, is_leaf=lambda x: isinstance(x, nnx.Variable))
+    assert variables and all(isinstance(v, nnx.LoRAParam) for v in variables)
     jax.tree.map(np.testing.assert_array_equal, base_before, jax.tree.map(np.asarray, base))
 
     # SGD with lr 1: update = -grad. With B = 0, dL/dB = scale * A^T dL/dW and dL/dA = 0, where dL/dW is
     # the full model's gradient at the same point (a plain, fully trained step of the base).
     full = _sgd_step(nnx.split(base_model)[0], nnx.split(base_model)[1], batch)
     scale = 4.0 / 2
-    for target, n_in in IN_DIMS.items():
+    for target in lora_lib.TARGETS:
         w_grad = np.asarray(base_before["layers"][target][...]) - np.asarray(full.params["layers"][target][...])
         a = adapters_before["layers"]["lora"][f"{target}_a"][...]
         b_grad = adapters_before["layers"]["lora"][f"{target}_b"][...] - np.asarray(
@@ -277,6 +274,25 @@ def test_two_lora_agents_hold_one_base(mode):
     assert expected <= total < expected + 256, (total, expected)
     if mode == "adapters":
         assert total < 1.1 * base  # two agents: about one base, not two (full fine-tuning: 10 bases)
+
+
+def test_bfloat16_base_with_float32_adapters_and_a_float32_merged_sampler():
+    from jaxalign.sharding import make_mesh
+    from jaxalign.train.agents import build_agents
+
+    cd = load_config_file("configs/tiny_test.py")
+    config = from_config_dict(apply_overrides(cd, {"lora.rank": "2", "lora.base_dtype": "bfloat16"}))
+    agent = build_agents(config, make_mesh(data=-1))["policy"]
+    assert {x.dtype for x in jax.tree.leaves(agent.base_params)} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in jax.tree.leaves(agent.state.params)} == {jnp.dtype(jnp.float32)}
+    # The merged sampler keeps W + scale A B in float32: an update far below bfloat16's resolution survives.
+    adapters = jax.tree.map(lambda x: jnp.full_like(x, 1e-3), agent.state.params)
+    agent.sampler.update_params(nnx.merge_state(agent.base_params, adapters))
+    merged = agent.sampler.params["layers"]["q_proj"][...]
+    base = agent.base_params["layers"]["q_proj"][...].astype(jnp.float32)
+    assert merged.dtype == jnp.float32
+    delta = np.asarray(merged - base)
+    np.testing.assert_allclose(delta, 8.0 * 2 * 1e-6, rtol=1e-3)  # scale 16/2 times a rank-2 sum of 1e-3 * 1e-3
 
 
 def _saved(workdir, step):

@@ -85,6 +85,14 @@ def test_no_reference_without_kl_and_bfloat16_params():
     assert agent.activations_full == 483328
 
 
+def test_sampler_copy_in_the_compute_dtype_keeps_the_norms():
+    # float32 parameters, bfloat16 compute: the sampler stores every weight but the norm scales in bfloat16.
+    # Of SAMPLER's 45376 values the norms are 320 (float32); 45056 * 2 + 320 * 4 = 90112 + 1280 = 91392.
+    (agent,) = memory.estimate(_tiny(**{"model.dtype": "bfloat16"})).agents
+    assert agent.params == TRAIN_PARAMS and agent.reference == TRAIN_PARAMS
+    assert agent.sampler == 91392
+
+
 def test_two_agents_add_resident_memory_and_share_the_largest_phase():
     # Two identical agents: resident 2 * 547072 = 1094144, plus one largest phase 985600 = 2079744 (they
     # generate and update one after the other).
@@ -180,7 +188,7 @@ LORA_SAMPLER = 23552
 
 
 def _lora(**overrides):
-    return _tiny(**{"lora.rank": 4, "lora.base_dtype": "bfloat16", **overrides})
+    return _tiny(**{"lora.rank": 4, "lora.base_dtype": "bfloat16", "lora.sampler": "adapters", **overrides})
 
 
 def test_lora_trains_adapters_on_a_frozen_base_without_a_reference_copy():
@@ -192,16 +200,17 @@ def test_lora_trains_adapters_on_a_frozen_base_without_a_reference_copy():
     assert agent.sampler == LORA_SAMPLER  # "adapters": applied in the forward on the shared base
     # resident 16384 + 45696 + 32768 + 0 + 23552 = 118400; + gradients 32768 + activations 802816
     assert memory.estimate(_lora()).total == 118400 + 32768 + 802816
-    # A merged sampler holds its own copy of the weights in the base dtype: 45376 values * 2 = 90752
+    # A merged sampler holds its own copy of the weights in the compute dtype (float32): 45376 values * 4
     (merged,) = memory.estimate(_lora(**{"lora.sampler": "merged"})).agents
-    assert merged.sampler == 90752
+    assert merged.sampler == 181504
 
 
 def test_two_lora_agents_hold_one_base():
     def two_agents(lora_rank):
         cd = load_config_file("configs/tiny_test.py")
         values = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2, "rollout.max_prompt_len": 8,
-                  "rollout.max_new_tokens": 8, "lora.rank": lora_rank, "lora.base_dtype": "bfloat16"}
+                  "rollout.max_new_tokens": 8, "lora.rank": lora_rank, "lora.base_dtype": "bfloat16",
+                  "lora.sampler": "adapters"}
         cd = apply_overrides(cd, {k: str(v) for k, v in values.items()})
         with cd.unlocked():
             cd.agents = {"conversation": {}, "feedback": {}}
@@ -222,7 +231,7 @@ def test_sft_run_has_no_kv_cache_and_trains_on_its_own_batches():
     with cd.unlocked():
         cd.sft = {"data": "embedded:gtalign_coldstart", "batch_size": 8, "max_len": 64, "optim": {}}
     (agent,) = memory.estimate(from_config_dict(cd, num_devices=8, kind="sft")).agents
-    assert agent.kv_cache == 0 and agent.reference == 0  # no generation, no KL term
+    assert agent.kv_cache == 0 and agent.sampler == 0 and agent.reference == 0  # no generation, no KL term
     # B = 8 conversations / (1 micro-batch * 2 data * 2 fsdp) = 2 rows of T = 64 tokens:
     #   per token and layer 4 * 592 + 2 * 64 * (4 + 4) = 3392; logits 2 * 2 * 64 * 128 * 4 = 131072
     #   remat off: 2 * 64 * 2 * 3392 + 131072 = 868352 + 131072 = 999424

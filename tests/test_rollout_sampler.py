@@ -252,3 +252,29 @@ def test_update_params_copies_new_weights(model, sampler):
                                   fresh.response_ids_np)
     with pytest.raises(ValueError, match="does not match"):
         s.update_params({"w": jnp.zeros(3)})
+
+
+def test_compute_dtype_copy_decodes_exactly_like_the_models_own_weights():
+    # float32 weights, bfloat16 compute: the default copy holds the matmul weights in bfloat16 (what the
+    # forward casts them to) and the norm scales in float32 (read in float32): half the bytes, same tokens and
+    # log-probs as a sampler that keeps the float32 weights.
+    bf16 = Transformer(get_preset("tiny", dtype="bfloat16"), rngs=nnx.Rngs(0))
+    sp = SamplingParams(max_new_tokens=12, temperature=1.0)
+    compute = Sampler(bf16, ByteTokenizer(), cache_dtype=jnp.float32)
+    stored = Sampler(bf16, ByteTokenizer(), cache_dtype=jnp.float32, param_dtype=None)
+    dtypes = {jax.tree_util.keystr(path): x.dtype for path, x in jax.tree_util.tree_leaves_with_path(compute.params)}
+    for name, dtype in dtypes.items():
+        assert dtype == (jnp.float32 if "norm" in name else jnp.bfloat16), name
+    norm_values = sum(x.size for path, x in jax.tree_util.tree_leaves_with_path(compute.params)
+                      if "norm" in jax.tree_util.keystr(path))
+    total_values = sum(x.size for x in jax.tree.leaves(compute.params))
+    nbytes = lambda tree: sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(tree))  # noqa: E731
+    assert nbytes(compute.params) == 2 * (total_values - norm_values) + 4 * norm_values
+    assert nbytes(stored.params) == 4 * total_values
+    a = compute.generate(PROMPTS, sp, jax.random.key(3))
+    b = stored.generate(PROMPTS, sp, jax.random.key(3))
+    np.testing.assert_array_equal(a.response_ids_np, b.response_ids_np)
+    np.testing.assert_array_equal(a.logprobs_np, b.logprobs_np)
+    # An explicit dtype casts every floating weight, norms included.
+    explicit = Sampler(bf16, ByteTokenizer(), param_dtype=jnp.bfloat16)
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(explicit.params))

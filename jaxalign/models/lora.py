@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -62,7 +61,11 @@ class LoraConfig:
         return float(self.alpha) / self.rank
 
 
-def target_dims(cfg: ModelConfig, target: str) -> tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...], tuple[str, ...]]:
+Shape = tuple[int, ...]
+Axes = tuple[str, ...]
+
+
+def target_dims(cfg: ModelConfig, target: str) -> tuple[Shape, Axes, Shape, Axes]:
     """(input shape, input logical axes, output shape, output logical axes) of one layer's projection."""
     d, f, h, k, e = cfg.hidden_size, cfg.intermediate_size, cfg.num_heads, cfg.num_kv_heads, cfg.head_dim
     dims = {
@@ -170,10 +173,12 @@ def is_adapter_path(path: tuple) -> bool:
     return tuple(str(p) for p in path[:2]) == _ADAPTERS_PATH
 
 
-def merged_state(state: nnx.State, lora: LoraConfig) -> nnx.State:
+def merged_state(state: nnx.State, lora: LoraConfig, *, dtype=None) -> nnx.State:
     """The state of a plain `Transformer` with the adapters folded in: `W + (alpha / rank) A B` for every
-    target (in float32, then cast to W's dtype); `state` is a LoRA model's full state (base and adapters).
-    Pure and jittable."""
+    target, computed in float32 and cast to W's dtype, or to `dtype` (the sampler gives the compute dtype,
+    which the forward pass casts every weight to anyway: a bfloat16 base with float32 adapters and float32
+    compute merges into float32, so small updates are not rounded away). `state` is a LoRA model's full
+    state (base and adapters). Pure and jittable."""
     flat = dict(nnx.to_flat_state(state))
     adapters = {tuple(str(p) for p in path[2:]): v for path, v in flat.items() if is_adapter_path(path)}
     out = {}
@@ -186,7 +191,8 @@ def merged_state(state: nnx.State, lora: LoraConfig) -> nnx.State:
             a, b = adapters[(f"{name}_a",)].get_value(), adapters[(f"{name}_b",)].get_value()
             delta = jax.vmap(lambda a_, b_: jnp.tensordot(a_, b_, axes=1))(
                 a.astype(jnp.float32), b.astype(jnp.float32))
-            variable = variable.replace((w.astype(jnp.float32) + lora.scale * delta).astype(w.dtype))
+            merged = w.astype(jnp.float32) + lora.scale * delta
+            variable = variable.replace(merged.astype(w.dtype if dtype is None else dtype))
         out[path] = variable
     return nnx.from_flat_state(out)
 
@@ -199,12 +205,3 @@ def merged_model(model: Transformer) -> Transformer:
     _, state = nnx.split(model)
     return nnx.merge(base_graphdef(model.cfg), merged_state(state, lora))
 
-
-def param_bytes(tree: Any) -> int:
-    """Bytes of the distinct device buffers of a pytree (an array shared by several leaves counts once)."""
-    seen, total = set(), 0
-    for leaf in jax.tree.leaves(tree):
-        if isinstance(leaf, jax.Array) and id(leaf) not in seen:
-            seen.add(id(leaf))
-            total += leaf.size * leaf.dtype.itemsize
-    return total

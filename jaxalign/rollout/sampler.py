@@ -197,15 +197,30 @@ _decode_jit = jax.jit(decode, static_argnums=0, donate_argnums=2,
                       static_argnames=("greedy", "top_k", "use_top_p", "response_len", "batch_sharding"))
 
 
-def _copy_params(params, dtype):
-    """A fresh copy of the parameters (optionally cast), so later donation by a trainer is harmless."""
+COMPUTE = "compute"  # `Sampler(param_dtype=COMPUTE)`: weights in the compute dtype, norm scales as stored
 
-    def copy(x):
-        if dtype is not None and jnp.issubdtype(x.dtype, jnp.floating):
-            return x.astype(dtype) if x.dtype != dtype else jnp.copy(x)
+
+def is_norm_path(path) -> bool:
+    """Whether a parameter path names an RMSNorm scale (`attn_norm`, `mlp_norm`, `q_norm`, `k_norm`,
+    `final_norm`): the forward reads those in float32, every other weight in the compute dtype."""
+    names = [str(k.key) for k in path if isinstance(k, jax.tree_util.DictKey)]  # (an nnx.Variable adds .value)
+    return bool(names) and names[-1].endswith("norm")
+
+
+def _copy_params(params, dtype, *, compute_dtype=None):
+    """A fresh copy of the parameters, so later donation by a trainer is harmless: cast to `dtype` when
+    given, or with `dtype=COMPUTE` every floating weight except the norm scales to `compute_dtype` (the
+    dtype the forward pass casts them to anyway, so decoding is unchanged)."""
+
+    def copy(path, x):
+        target = dtype
+        if isinstance(dtype, str):  # COMPUTE
+            target = None if is_norm_path(path) else compute_dtype
+        if target is not None and jnp.issubdtype(x.dtype, jnp.floating):
+            return x.astype(target) if x.dtype != target else jnp.copy(x)
         return jnp.copy(x)
 
-    return jax.tree.map(copy, params)
+    return jax.tree_util.tree_map_with_path(copy, params)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -224,17 +239,22 @@ class Sampler:
       mesh: a ("data", "fsdp", "tensor") mesh, or None for the default device.
       max_prompt_len: longest prompt accepted (tokens).
       cache_dtype: KV cache dtype (bfloat16 halves cache memory and bandwidth; float32 for parity).
-      param_dtype: dtype of the sampler's weight copy (e.g. bfloat16 from float32 training weights);
-        None keeps the model's.
+      param_dtype: dtype of the sampler's weight copy. "compute" (default): every weight that the forward
+        pass casts to the compute dtype (`model.cfg.dtype`) is stored in it, the norm scales (read in
+        float32) as they are, so decoding gives the same tokens and log-probs as from the model's own
+        weights, and float32 weights with bfloat16 compute take half the memory and bandwidth. None keeps
+        the model's dtypes; a dtype (e.g. bfloat16 under float32 compute) casts every floating weight.
+        With `lora_mode="adapters"` "compute" keeps the base as given (shared, not copied).
       prompt_bucket: prompts are left-padded to a multiple of this many tokens.
-      lora_mode: for a model with LoRA adapters (`jaxalign.models.lora`): "adapters" applies them in the
+      lora_mode: for a model with LoRA adapters (`jaxalign.models.lora`): "merged" (default, the faster
+        decode) keeps one copy of the weights with the adapters folded in (`W + scale A B` in the model's
+        compute dtype, in the sample sharding); "adapters" applies them in the
         forward pass on the base weights as they are (shared with the trainer, never copied; only the
-        adapters are copied), "merged" keeps one copy of the weights with the adapters folded in
-        (`W + scale A B`, in the sample sharding). Unused for a plain model.
+        adapters are copied). Unused for a plain model.
     """
 
     def __init__(self, model, tokenizer=None, *, mesh: Mesh | None = None, max_prompt_len: int = 2048,
-                 cache_dtype=jnp.bfloat16, param_dtype=None, prompt_bucket: int = 32, lora_mode: str = "adapters"):
+                 cache_dtype=jnp.bfloat16, param_dtype=COMPUTE, prompt_bucket: int = 32, lora_mode: str = "merged"):
         if max_prompt_len < 1 or prompt_bucket < 1:
             raise ValueError(f"max_prompt_len ({max_prompt_len}) and prompt_bucket ({prompt_bucket}) "
                              "must be >= 1")
@@ -246,7 +266,10 @@ class Sampler:
         self.max_prompt_len = int(max_prompt_len)
         self.prompt_bucket = int(prompt_bucket)
         self.cache_dtype = jnp.dtype(cache_dtype)
-        self.param_dtype = None if param_dtype is None else jnp.dtype(param_dtype)
+        if isinstance(param_dtype, str) and param_dtype == COMPUTE:
+            self.param_dtype = COMPUTE
+        else:
+            self.param_dtype = None if param_dtype is None else jnp.dtype(param_dtype)
         self.graphdef, state = nnx.split(model)
         self._state_structure = jax.tree.structure(state)
         self._leaf_shapes = [tuple(x.shape) for x in jax.tree.leaves(state)]
@@ -258,7 +281,7 @@ class Sampler:
             copied = nnx.split_state(state, nnx.LoRAParam, ...)[0]
         elif self.lora_mode == "merged":
             self.graphdef = lora_lib.base_graphdef(model.cfg)
-            copied = jax.eval_shape(functools.partial(lora_lib.merged_state, lora=self.lora), state)
+            copied = jax.eval_shape(self._merge, state)
         if mesh is None:
             self.data_parallel = 1
             self._param_shardings = self._batch_sharding = None
@@ -266,9 +289,10 @@ class Sampler:
             self.data_parallel = int(mesh.shape["data"] * mesh.shape["fsdp"])
             self._param_shardings = sharding_lib.param_shardings(copied, mesh, "sample")
             self._batch_sharding = sharding_lib.batch_sharding(mesh, 2)
-        prepare = functools.partial(_copy_params, dtype=self.param_dtype)
+        prepare = functools.partial(_copy_params, dtype=self.param_dtype, compute_dtype=jnp.dtype(self.cfg.dtype))
         if self.lora_mode == "merged":
-            prepare = lambda s: _copy_params(lora_lib.merged_state(s, self.lora), self.param_dtype)  # noqa: E731
+            prepare = lambda s: _copy_params(self._merge(s), self.param_dtype,  # noqa: E731
+                                             compute_dtype=jnp.dtype(self.cfg.dtype))
         self._copy = jax.jit(prepare, out_shardings=self._param_shardings)
         self._base_in = self._base_out = None  # adapters mode: the base last given, and as the sampler uses it
         self.params = self._prepare(state)
@@ -301,6 +325,11 @@ class Sampler:
         self.params = new_params
         return time.perf_counter() - start
 
+    def _merge(self, state):
+        """LoRA "merged": the plain model's state with `W + scale A B`, stored in the compute dtype (what the
+        forward pass casts every weight to; float32 keeps small updates of a bfloat16 base)."""
+        return lora_lib.merged_state(state, self.lora, dtype=jnp.dtype(self.cfg.dtype))
+
     def _prepare(self, state):
         """The sampler's parameters from the policy's full state: a fresh copy (plain model), the merged
         weights (LoRA "merged"), or fresh adapters on the base as given (LoRA "adapters")."""
@@ -310,7 +339,7 @@ class Sampler:
         base_leaves = jax.tree.leaves(base)
         if self._base_in is None or any(a is not b for a, b in zip(base_leaves, self._base_in)):
             # The frozen base is used in place; only a cast to `param_dtype` makes a copy (once).
-            cast = self.param_dtype is not None and any(
+            cast = self.param_dtype is not None and self.param_dtype is not COMPUTE and any(
                 jnp.issubdtype(x.dtype, jnp.floating) and x.dtype != self.param_dtype for x in base_leaves)
             self._base_in, self._base_out = base_leaves, (
                 jax.jit(functools.partial(_copy_params, dtype=self.param_dtype))(base) if cast else base)

@@ -50,7 +50,7 @@ class Agent:
     graphdef: Any  # the policy Transformer's graphdef
     state: Any  # TrainState (of the ActorCritic with a shared head)
     ref_params: Any | None
-    sampler: Any
+    sampler: Any  # None for a run that generates nothing (`jaxalign sft`)
     train_step: Callable
     logprob_fn: Callable
     spec: Any = None  # the agent's AgentSpec (model, rollout, algorithm, optim, critic)
@@ -113,7 +113,8 @@ def load_state_tree(agents: Mapping[str, Agent], tree: dict) -> None:
             c = saved["critic"]
             a.critic_state = dataclasses.replace(a.critic_state, params=c["params"], opt_state=c["opt_state"],
                                                  step=c["step"])
-        a.sampler.update_params(a.policy_params)
+        if a.sampler is not None:
+            a.sampler.update_params(a.policy_params)
 
 
 def _dtype(name: str):
@@ -190,12 +191,13 @@ def critic_functions(kind: str, graphdef, optim_cfg, loss_cfg, mesh):
     return _cached((kind, graphdef, optim_cfg, loss_cfg, mesh), build)
 
 
-def build_agents(config: ExperimentConfig, mesh) -> dict[str, Agent]:
+def build_agents(config: ExperimentConfig, mesh, *, samplers: bool = True) -> dict[str, Agent]:
     """Every agent of the config (name -> `Agent`), in config order, each with its own parameters,
-    optimizer state, reference and sampler; LoRA agents on the same model spec and base dtype share one
-    frozen base."""
+    optimizer state, reference and sampler (none with `samplers=False`: a run that generates nothing);
+    LoRA agents on the same model spec and base dtype share one frozen base."""
     bases: dict = {}
-    return {name: build_agent(spec, mesh, seed=config.seed, bases=bases) for name, spec in config.agents.items()}
+    return {name: build_agent(spec, mesh, seed=config.seed, bases=bases, sampler=samplers)
+            for name, spec in config.agents.items()}
 
 
 def _lora_base(spec: AgentSpec, mesh, bases: dict | None):
@@ -233,9 +235,11 @@ def _init_from(model, spec: AgentSpec) -> None:
         init_from_run(model, spec.model.init_from, agent=spec.name, spec=spec.model.spec)
 
 
-def build_agent(spec: AgentSpec, mesh, *, seed: int = 0, bases: dict | None = None) -> Agent:
-    """Loads an agent's model, its optimizer, reference, sampler and (for "gae") critic. With LoRA, `bases`
-    (a dict shared between calls) lets agents on the same base share its weights."""
+def build_agent(spec: AgentSpec, mesh, *, seed: int = 0, bases: dict | None = None, sampler: bool = True
+                ) -> Agent:
+    """Loads an agent's model, its optimizer, reference, sampler (unless `sampler=False`) and (for "gae")
+    critic. With LoRA, `bases` (a dict shared between calls) lets agents on the same base share its weights."""
+    with_sampler = sampler
     from flax import nnx
 
     from jaxalign.models import load_model
@@ -261,7 +265,7 @@ def build_agent(spec: AgentSpec, mesh, *, seed: int = 0, bases: dict | None = No
         ref_params = base_params if spec.algorithm.needs_reference else None
         ref_logprob_fn = logprob_function(ref_graphdef, loss_cfg, mesh)
         sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=spec.rollout.max_prompt_len,
-                          lora_mode=spec.lora.sampler)
+                          lora_mode=spec.lora.sampler) if with_sampler else None
     else:
         model, tokenizer = load_model(
             spec.model.spec, mesh=mesh, role="train",
@@ -274,7 +278,7 @@ def build_agent(spec: AgentSpec, mesh, *, seed: int = 0, bases: dict | None = No
         base_params, ref_logprob_fn = None, None
         optimizer, train_step, logprob_fn = compiled_functions(graphdef, optim_cfg, loss_cfg, mesh)
         ref_params = jax.tree.map(jnp.copy, params) if spec.algorithm.needs_reference else None
-        sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=spec.rollout.max_prompt_len)
+        sampler = Sampler(model, tokenizer, mesh=mesh, max_prompt_len=spec.rollout.max_prompt_len) if with_sampler else None
     agent = Agent(name=spec.name, graphdef=graphdef, state=None, ref_params=ref_params, sampler=sampler,
                   train_step=train_step, logprob_fn=logprob_fn, spec=spec, tokenizer=tokenizer, model_cfg=model.cfg,
                   base_params=base_params, ref_logprob_fn=ref_logprob_fn)

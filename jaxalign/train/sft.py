@@ -270,7 +270,7 @@ def train_sft(config: ExperimentConfig, workdir: str | os.PathLike):
     mesh = make_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor)
     start = time.perf_counter()
     log.info("loading %s", config.model.spec)
-    agents = build_agents(config, mesh)
+    agents = build_agents(config, mesh, samplers=False)  # SFT generates nothing
     agent = agents[next(iter(agents))]
     log.info("model loaded in %.1f s", time.perf_counter() - start)
     train_set, eval_set, report = load_sft_data(config, agent.tokenizer)
