@@ -88,7 +88,7 @@ class RolloutSpec:
     top_k: int = 0
     overlong_prompts: str = "truncate"
     dynamic_sampling: bool = False
-    dynamic_sampling_tol: float = 1e-6
+    dynamic_sampling_tol: float = 1e-6  # a group is a tie when its spread <= tol * the batch's largest |reward|
     dynamic_sampling_max_tries: int = 3
     eval_max_new_tokens: int = 0  # 0: same as max_new_tokens
 

@@ -38,9 +38,18 @@ def test_failed_rewards_take_their_group_mean_of_successes():
     np.testing.assert_allclose(filled, [1.0, 0.5, 0.0, 5.0, 5.0, 5.0])
 
 
-def test_informative_groups_uses_tolerance():
+def test_informative_groups_uses_a_tolerance_relative_to_the_largest_reward():
     rewards = np.array([1, 1 + 1e-9, 0, 1, 2, 2], np.float32)
     np.testing.assert_array_equal(batching.informative_groups(rewards, 2, 1e-6), [False, True, False])
+    # The same batch in units of 1e-7: the spread of the second group (1e-7) is far above 1e-6 * 2e-7, so it
+    # still counts; an absolute tolerance of 1e-6 would call every group a tie.
+    np.testing.assert_array_equal(batching.informative_groups(rewards * 1e-7, 2, 1e-6), [False, True, False])
+    # Relative to the largest |reward| of the batch: a spread of 0.5 beside a reward of 1e6 is a tie at tol 1e-6
+    # (0.5 <= 1.0), and not at tol 1e-7.
+    big = np.array([0.0, 0.5, 1e6, 1e6], np.float64)
+    np.testing.assert_array_equal(batching.informative_groups(big, 2, 1e-6), [False, False])
+    np.testing.assert_array_equal(batching.informative_groups(big, 2, 1e-7), [True, False])
+    np.testing.assert_array_equal(batching.informative_groups(np.zeros(4), 2, 1e-6), [False, False])
 
 
 def test_build_sequences_layout():

@@ -102,9 +102,12 @@ def next_prompts(
 
 
 def informative_groups(rewards_n: np.ndarray, group_size: int, tol: float) -> np.ndarray:
-    """bool [num_groups]: groups whose rewards span more than `tol` (they carry a learning signal)."""
+    """bool [num_groups]: groups whose rewards span more than `tol` times the largest |reward| of
+    `rewards_n` (they carry a learning signal). Relative, like the estimators' `equal_reward_tol`, so
+    rewards in small units are not all taken for ties."""
     grouped = np.asarray(rewards_n, np.float64).reshape(-1, group_size)
-    return (grouped.max(axis=1) - grouped.min(axis=1)) > tol
+    scale = float(np.abs(grouped).max()) if grouped.size else 0.0
+    return (grouped.max(axis=1) - grouped.min(axis=1)) > tol * scale
 
 
 def fill_failed_rewards(rewards_n: np.ndarray, ok_n: np.ndarray, group_size: int) -> np.ndarray:
