@@ -57,6 +57,14 @@ class TextSampler(Protocol):
         ...
 
 
+
+def check_judge_sampler(sampler: Any, batch_size: int | None) -> None:
+    """A judge's arguments: a sampler with `generate_text` and a batch size of None or >= 1."""
+    if not hasattr(sampler, "generate_text"):
+        raise TypeError(f"sampler {type(sampler).__name__} has no generate_text method")
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"judge batch_size must be >= 1, got {batch_size}")
+
 def judge_messages(question: str, response: str, reference: str, *, max_final_chars: int = 400) -> list[dict]:
     """The chat messages asking the judge whether `response`'s final step matches `reference`."""
     step = final_step(response, max_chars=max_final_chars) or "(empty response)"
@@ -197,10 +205,7 @@ class EquivalenceJudge:
 
     def __init__(self, sampler: TextSampler, sampling_params: Any, *, max_final_chars: int = 400,
                  batch_size: int | None = None):
-        if not hasattr(sampler, "generate_text"):
-            raise TypeError(f"sampler {type(sampler).__name__} has no generate_text method")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"judge batch_size must be >= 1, got {batch_size}")
+        check_judge_sampler(sampler, batch_size)
         self.sampler = sampler
         self.sampling_params = sampling_params
         self.max_final_chars = max_final_chars

@@ -45,6 +45,7 @@ from jaxalign.methods.gtalign.config import MATH_SOURCES, SAFETY_SOURCES, WRITIN
 from jaxalign.rewards.judges import (
     TextSampler,
     build_judge_sampler,
+    check_judge_sampler,
     judge_messages,
     judge_replies,
     parse_tagged_value,
@@ -249,10 +250,7 @@ class GTAlignJudge:
 
     def __init__(self, sampler: TextSampler, sampling_params: Any, *, batch_size: int | None = None,
                  max_reference_chars: int = 2000, max_final_chars: int = 400):
-        if not hasattr(sampler, "generate_text"):
-            raise TypeError(f"sampler {type(sampler).__name__} has no generate_text method")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"judge batch_size must be >= 1, got {batch_size}")
+        check_judge_sampler(sampler, batch_size)
         self.sampler = sampler
         self.sampling_params = sampling_params
         self.batch_size = batch_size

@@ -36,7 +36,7 @@ import dataclasses
 import re
 from typing import Any, Protocol, Sequence
 
-from jaxalign.rewards.judges import TextSampler
+from jaxalign.rewards.judges import TextSampler, check_judge_sampler
 
 # ----------------------------------------------------------------------------------------------------
 # Labels and the judge interface
@@ -183,10 +183,7 @@ class _ModelJudge:
     default_max_new_tokens: int = 64
 
     def __init__(self, sampler: TextSampler, sampling_params: Any = None, *, batch_size: int | None = None):
-        if not hasattr(sampler, "generate_text"):
-            raise TypeError(f"sampler {type(sampler).__name__} has no generate_text method")
-        if batch_size is not None and batch_size < 1:
-            raise ValueError(f"judge batch_size must be >= 1, got {batch_size}")
+        check_judge_sampler(sampler, batch_size)
         self.sampler = sampler
         self._sampling_params = sampling_params
         self.batch_size = batch_size
